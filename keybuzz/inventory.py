@@ -1,0 +1,71 @@
+"""Builds the pyinfra inventory from servers.tsv, after validating every input up front (kubespray-style).
+
+`inventory.py` at the repository root calls `build_groups()`. When the command line names a
+deploy (`pyinfra inventory.py deploys/redis.py`), only the hosts that layer touches are in the
+inventory, and their addresses, versions.yaml and the layer's credentials are checked before
+pyinfra contacts any host.
+
+Example:
+    >>> groups = build_groups(["pyinfra", "inventory.py", "deploys/redis.py"])
+    >>> [name for name, _ in groups["redis"]]
+    ['redis-01', 'redis-02', 'redis-03']
+"""
+
+from __future__ import annotations
+
+import sys
+
+from keybuzz import credentials
+from keybuzz.errors import InputError
+from keybuzz.layers import LAYERS, Layer, from_deploy_path
+from keybuzz.servers import ROLES, load_servers
+from keybuzz.versions import load_versions
+
+
+def layers_in_argv(argv) -> list[Layer]:
+    """Layers whose deploy files appear on the pyinfra command line."""
+    found = []
+    for arg in argv[1:]:
+        layer = from_deploy_path(arg)
+        if layer:
+            found.append(layer)
+        elif arg.endswith(".py") and "deploys/" in arg:
+            name = arg.rsplit("/", 1)[-1][:-3]
+            raise InputError(arg, 0, f"no layer {name!r}; layers: {', '.join(LAYERS)}")
+    return found
+
+
+def preflight(layers, plan=None) -> None:
+    """Everything a run of `layers` needs, checked before any connection: raises InputError."""
+    plan = plan or load_servers()
+    load_versions()
+    for layer in layers:
+        plan.require_addresses(layer.roles + layer.renders)
+        for brick in layer.bricks:
+            credentials.load(brick)
+
+
+def build_groups(argv=None) -> dict[str, list]:
+    """pyinfra groups {role: [(hostname, data), ...]}, restricted to the layers on the command line."""
+    argv = sys.argv if argv is None else argv
+    plan = load_servers()
+    layers = layers_in_argv(argv)
+    preflight(layers, plan)
+    wanted = {role for layer in layers for role in layer.roles} if layers else set(ROLES)
+    groups: dict[str, list] = {}
+    for s in plan.servers:
+        if s.role not in wanted or s.ip is None:
+            continue  # a TBD host can only appear here if no layer touches it
+        groups.setdefault(s.role, []).append(
+            (s.name, {"ssh_hostname": s.ip, "private_ip": s.ip, "role": s.role})
+        )
+    return groups
+
+
+def run_inventory(namespace: dict) -> None:
+    """Entry point for inventory.py: fill its module namespace, or exit with one line on bad input."""
+    try:
+        namespace.update(build_groups())
+    except InputError as e:
+        print(f"keybuzz: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
