@@ -1,0 +1,261 @@
+"""Lab images, built locally with no image registry: a Debian root filesystem from mmdebstrap,
+`docker import`-ed, then ordinary Dockerfiles in lab/images/<name>/ on top of it.
+
+Images (tags are `keybuzz-lab/<name>:<12 hex>`, see image_ref):
+    base-bookworm, base-trixie  mmdebstrap --variant=apt roots (security mirror included)
+    host      fresh Debian 12 server: systemd PID 1 + sshd, no Docker (the base OS layer installs it)
+    redis     stand-in for redis:7.2.5-alpine          (Debian 12 redis 7.0.15)
+    haproxy   stand-in for haproxy:2.8.5               (Debian 12 haproxy 2.6.12); also the lab's "LB"
+    rabbitmq  stand-in for rabbitmq:3.13.2-management  (Debian 13 rabbitmq-server 4.0.5)
+    registry  Debian's docker-registry 2.8, the registry the lab hosts pull service images from
+
+Cache by content: a tag hashes the image directory's files and the parent's tag (for a base: the
+suite, sources and package list), so an unchanged image is found by `docker image inspect` and
+not rebuilt. Old tags are left behind; `docker image prune` does not remove tagged images, so
+`docker rmi $(docker images -q 'keybuzz-lab/*')` clears them all.
+
+Running a lab host (HOST_RUN_ARGS), as verified on a cgroup v1 (hybrid) machine with dockerd 20.10
+that refuses --privileged:
+  * --cap-add=ALL --cap-drop=SYS_RESOURCE, seccomp/apparmor unconfined, `--device-cgroup-rule=a *:* rwm`:
+    what --privileged would give that systemd and an inner dockerd need (mounts, iptables, devices).
+  * --cgroupns=host + /sys/fs/cgroup bind-mounted rw: required with cgroup v1. A private cgroup
+    namespace makes systemd fail to find its own cgroup; a read-only /sys/fs/cgroup prevents
+    systemd and the inner dockerd/runc from creating cgroups.
+  * --tmpfs /run /run/lock: systemd expects them to be tmpfs; STOPSIGNAL is SIGRTMIN+3 (image).
+  * -v <outer dir>:/var/lib/docker: the inner dockerd cannot put overlay2 on the container's own
+    overlay root; a bind-mounted directory of the outer filesystem can (one directory per host,
+    never shared; delete it with the host).
+  * the inner dockerd works with Debian's default iptables-nft: no iptables-legacy switch needed.
+  * ssh: the lab's public key goes in read-only at /etc/ssh/lab_authorized_keys (HOST_KEYS_PATH),
+    which sshd reads besides ~/.ssh/authorized_keys; ~root/.ssh stays the deploy's to manage as in
+    production. Host keys are generated at first boot (each container gets its own).
+
+Pushing to the lab registry: the outer dockerd treats 127.0.0.0/8 registries as insecure by default,
+so publish the registry container on 127.0.0.1:<port> and call push_to_registry("127.0.0.1:<port>").
+The lab hosts pull the same images as 172.30.0.2:5000/...; their (inner) dockerd needs that address in
+`insecure-registries` of /etc/docker/daemon.json, which the base OS layer writes.
+
+CLI: python -m keybuzz.lab.images [names...]   (builds what is missing, prints `name ref`)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from keybuzz import ROOT
+
+IMAGES_DIR = ROOT / "lab" / "images"
+LAB_VERSIONS = ROOT / "lab" / "versions.lab.yaml"
+PREFIX = "keybuzz-lab"
+MIRROR = "http://deb.debian.org/debian"
+SECURITY_MIRROR = "http://deb.debian.org/debian-security"
+
+# What every base gets beyond the apt variant (essential + apt). Nothing: each image adds its own
+# (bookworm's ca-certificates alone would pull 50 MB of perl into every service image).
+BASE_PACKAGES: tuple[str, ...] = ()
+# Docs, man pages and translations are useless in lab images; the dpkg filter is kept in the image,
+# so later `apt-get install`s skip them too.
+BASE_DPKG_OPTS = (
+    "path-exclude=/usr/share/man/*",
+    "path-exclude=/usr/share/info/*",
+    "path-exclude=/usr/share/locale/*",
+    "path-include=/usr/share/locale/locale.alias",
+    "path-exclude=/usr/share/doc/*",
+    "path-include=/usr/share/doc/*/copyright",
+)
+# No apt binary caches or downloaded .debs left in image layers (80 MB per `apt-get install` otherwise):
+# the same apt.conf file as Debian's official docker images, written once the root is built.
+APT_CLEAN = """Dir::Cache::pkgcache ""; Dir::Cache::srcpkgcache "";
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/*.bin || true"; };
+"""
+# Merge /usr with mmdebstrap's hook rather than the usrmerge package (which drags perl in on bookworm).
+BASE_HOOKS = ("/usr/share/mmdebstrap/hooks/maybe-merged-usr",)
+
+
+@dataclass(frozen=True)
+class Image:
+    parent: str  # name of the image it is built FROM (a base-<suite> for all of them)
+    minutes: float  # rough build time, for the progress line
+
+
+SUITES = ("bookworm", "trixie")
+IMAGES: dict[str, Image] = {
+    "host": Image("base-bookworm", 1.5),
+    "redis": Image("base-bookworm", 0.5),
+    "haproxy": Image("base-bookworm", 0.5),
+    # trixie: rabbitmq-server 4.0.5 is the release right after 3.13 (see lab/versions.lab.yaml)
+    "rabbitmq": Image("base-trixie", 1),
+    "registry": Image("base-bookworm", 0.5),
+}
+# Images pushed to the lab registry, by their key in versions.yaml.
+SERVICE_KEYS = {"redis": "redis_image", "haproxy": "haproxy_image", "rabbitmq": "rabbitmq_image"}
+
+HOST_KEYS_PATH = "/etc/ssh/lab_authorized_keys"
+HOST_RUN_ARGS = [
+    "--cap-add=ALL", "--cap-drop=SYS_RESOURCE",
+    "--security-opt", "seccomp=unconfined",
+    "--security-opt", "apparmor=unconfined",
+    "--device-cgroup-rule=a *:* rwm",
+    "--cgroupns=host",
+    "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+    "--tmpfs", "/run", "--tmpfs", "/run/lock",
+]
+# Per host, the lab adds:  -v <host dir>/docker:/var/lib/docker  -v <pubkey>:{HOST_KEYS_PATH}:ro
+#                          --hostname <name> --network <lab net> --ip <addr>
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+def _suite(name: str) -> str:
+    return name.removeprefix("base-")
+
+
+def _sources(suite: str) -> list[str]:
+    return [f"deb {MIRROR} {suite} main", f"deb {MIRROR} {suite}-updates main",
+            f"deb {SECURITY_MIRROR} {suite}-security main"]
+
+
+def _digest(parts: Iterable[bytes]) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(len(p).to_bytes(8, "big") + p)  # length-prefixed: no ambiguity between parts
+    return h.hexdigest()[:12]
+
+
+def _dir_parts(path: Path) -> Iterable[bytes]:
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        yield f.relative_to(path).as_posix().encode()
+        yield f.read_bytes()
+        yield b"x" if os.access(f, os.X_OK) else b"-"  # COPY keeps the mode bit
+
+
+def image_ref(name: str) -> str:
+    """The local tag of `name`, computed from content alone (nothing is built or asked of docker).
+
+    >>> image_ref("redis")
+    'keybuzz-lab/redis:3f1c0a9b2d4e'
+    """
+    if name.startswith("base-"):
+        suite = _suite(name)
+        if suite not in SUITES:
+            raise KeyError(name)
+        parts = [suite, *_sources(suite), *BASE_PACKAGES, "--", *BASE_DPKG_OPTS, *BASE_HOOKS, APT_CLEAN]
+        return f"{PREFIX}/{name}:{_digest(p.encode() for p in parts)}"
+    image = IMAGES[name]
+    return f"{PREFIX}/{name}:{_digest([image_ref(image.parent).encode(), *_dir_parts(IMAGES_DIR / name)])}"
+
+
+def _exists(ref: str) -> bool:
+    return subprocess.run(["docker", "image", "inspect", ref], capture_output=True).returncode == 0
+
+
+def _run_logged(cmd: list[str], what: str) -> None:
+    """Run a long command with its output in a temp file; on failure raise with its last lines."""
+    with tempfile.TemporaryFile("w+") as log:
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env={**os.environ, "DOCKER_BUILDKIT": "0"}).returncode
+        if rc:
+            log.seek(0)
+            tail = "".join(log.readlines()[-25:])
+            raise BuildError(f"{what} failed (exit {rc}); last lines:\n{tail}")
+
+
+def build_base(suite: str, progress: Callable[[str], None] = print) -> str:
+    """mmdebstrap a Debian `suite` root and docker-import it; returns its ref (cached)."""
+    name = f"base-{suite}"
+    ref = image_ref(name)
+    if _exists(ref):
+        progress(f"{name}: cached")
+        return ref
+    progress(f"building {name} (≈1 min)…")
+    with tempfile.TemporaryDirectory(prefix="keybuzz-lab-") as tmp:
+        tar = Path(tmp) / "root.tar"
+        include = ["--include=" + ",".join(BASE_PACKAGES)] if BASE_PACKAGES else []
+        _run_logged(["mmdebstrap", "--variant=apt", *include, *(f"--dpkgopt={o}" for o in BASE_DPKG_OPTS),
+                     f"--customize-hook=printf %s {shlex.quote(APT_CLEAN)} >\"$1/etc/apt/apt.conf.d/docker-clean\"",
+                     *(f"--hook-dir={d}" for d in BASE_HOOKS), suite, str(tar), *_sources(suite)],
+                    f"mmdebstrap {suite}")
+        _run_logged(["docker", "import", "--change", 'CMD ["/bin/bash"]',
+                     "--change", "ENV LANG=C.UTF-8", str(tar), ref], f"docker import {name}")
+    return ref
+
+
+def build(name: str, progress: Callable[[str], None] = print) -> str:
+    """Build lab/images/<name>/ (and its base if missing); returns its ref (cached)."""
+    if name.startswith("base-"):
+        return build_base(_suite(name), progress)
+    image = IMAGES[name]
+    parent = build(image.parent, progress)
+    ref = image_ref(name)
+    if _exists(ref):
+        progress(f"{name}: cached")
+        return ref
+    progress(f"building {name} (≈{image.minutes:g} min)…")
+    start = time.monotonic()
+    _run_logged(["docker", "build", "--build-arg", f"BASE={parent}", "-t", ref,
+                 "--label", f"org.keybuzz.lab.parent={parent}", str(IMAGES_DIR / name)],
+                f"docker build {name}")
+    progress(f"{name}: built in {time.monotonic() - start:.0f}s")
+    return ref
+
+
+def build_all(progress: Callable[[str], None] = print) -> dict[str, str]:
+    """Build every lab image (bases first), skipping those already present; returns name -> ref."""
+    return {name: build(name, progress) for name in IMAGES}
+
+
+def lab_image_names(path: Path = LAB_VERSIONS) -> dict[str, str]:
+    """name -> `keybuzz-lab/<name>:<version>-<suite>` as pinned in versions.lab.yaml (registry part cut)."""
+    pins = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return {name: pins[key].split("/", 1)[1] for name, key in SERVICE_KEYS.items()}
+
+
+def push_to_registry(registry_addr: str, names: Iterable[str] = SERVICE_KEYS,
+                     progress: Callable[[str], None] = print) -> dict[str, str]:
+    """Tag the service images under their versions.lab.yaml names at `registry_addr` and push them.
+
+    The outer dockerd must see `registry_addr` as insecure: 127.0.0.1:<published port> is, by default.
+    Returns name -> pushed ref.
+    """
+    wanted = lab_image_names()
+    pushed = {}
+    for name in names:
+        target = f"{registry_addr}/{wanted[name]}"
+        subprocess.run(["docker", "tag", build(name, progress), target], check=True)
+        progress(f"pushing {target}…")
+        _run_logged(["docker", "push", target], f"docker push {target}")
+        pushed[name] = target
+    return pushed
+
+
+def main(argv: list[str]) -> int:
+    names = argv or list(IMAGES)
+    unknown = [n for n in names if n not in IMAGES and _suite(n) not in SUITES]
+    if unknown:
+        print(f"unknown image(s): {', '.join(unknown)}; known: {', '.join(IMAGES)}", file=sys.stderr)
+        return 2
+    try:
+        refs = {n: build(n, lambda m: print(m, file=sys.stderr)) for n in names}
+    except BuildError as e:
+        print(e, file=sys.stderr)
+        return 1
+    for n, ref in refs.items():
+        print(f"{n} {ref}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,31 @@
+"""Small helpers shared by tests (no fixtures here: see conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def run(args, env=None, cwd=ROOT, timeout=300, input=None) -> subprocess.CompletedProcess:
+    """Run a project command (venv binaries first on PATH); output captured as text."""
+    full_env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", **(env or {})}
+    return subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout, input=input)
+
+
+def tracked_files() -> list[Path]:
+    """Files git tracks plus new files it does not ignore (so a check also covers uncommitted work)."""
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    return [ROOT / p for p in out.splitlines() if (ROOT / p).is_file()]
+
+
+def write_tsv(path: Path, rows) -> Path:
+    """Write a servers.tsv with the standard header and `rows` (tuples of columns)."""
+    lines = ["hostname\tprivate_ip\trole\tnote"] + ["\t".join(r) for r in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
