@@ -14,26 +14,41 @@ suite, sources and package list), so an unchanged image is found by `docker imag
 not rebuilt. Old tags are left behind; `docker image prune` does not remove tagged images, so
 `docker rmi $(docker images -q 'keybuzz-lab/*')` clears them all.
 
-Running a lab host (HOST_RUN_ARGS), as verified on a cgroup v1 (hybrid) machine with dockerd 20.10
-that refuses --privileged:
-  * --cap-add=ALL --cap-drop=SYS_RESOURCE, seccomp/apparmor unconfined, `--device-cgroup-rule=a *:* rwm`:
-    what --privileged would give that systemd and an inner dockerd need (mounts, iptables, devices).
-  * --cgroupns=host + /sys/fs/cgroup bind-mounted rw: required with cgroup v1. A private cgroup
-    namespace makes systemd fail to find its own cgroup; a read-only /sys/fs/cgroup prevents
-    systemd and the inner dockerd/runc from creating cgroups.
-  * --tmpfs /run /run/lock: systemd expects them to be tmpfs; STOPSIGNAL is SIGRTMIN+3 (image).
-  * -v <outer dir>:/var/lib/docker: the inner dockerd cannot put overlay2 on the container's own
-    overlay root; a bind-mounted directory of the outer filesystem can (one directory per host,
-    never shared; delete it with the host).
-  * the inner dockerd works with Debian's default iptables-nft: no iptables-legacy switch needed.
-  * ssh: the lab's public key goes in read-only at /etc/ssh/lab_authorized_keys (HOST_KEYS_PATH),
-    which sshd reads besides ~/.ssh/authorized_keys; ~root/.ssh stays the deploy's to manage as in
-    production. Host keys are generated at first boot (each container gets its own).
+Running a lab host: HOST_RUN_ARGS, checked flag by flag on this kind of machine (cgroup v1 hybrid,
+dockerd 20.10, --privileged refused) by booting the host image and running `apt-get install docker.io`,
+`systemctl start docker` and `docker run -p ...` of a `docker load`-ed image inside it:
+  * --cap-add=ALL --cap-drop=SYS_RESOURCE: what --privileged would give systemd and an inner dockerd;
+    this sandbox refuses CAP_SYS_RESOURCE ("unable to apply caps: operation not permitted").
+  * seccomp=unconfined: required; with the default profile the inner dockerd starts but none of its
+    containers does. apparmor=unconfined: a no-op here (no AppArmor), needed on AppArmor hosts.
+  * --cgroupns=host: required; with a private cgroup namespace systemd exits at once (255, no
+    output). It is 20.10's default on cgroup v1, spelled out so a daemon default cannot change it.
+  * -v /sys/fs/cgroup:/sys/fs/cgroup:rw: required; with Docker's read-only mount systemd exits.
+  * --device-cgroup-rule='a *:* rwm': not needed by the checks above; kept so that inner containers
+    may use any device, as under --privileged.
+  * --tmpfs /run, /run/lock: booted without them too; systemd's container interface asks for them
+    (no stale /run across restarts).
+  * per host, the lab adds -v <outer dir>:/var/lib/docker: the inner dockerd then uses overlay2 (a
+    Docker volume works too); without it, it falls back to vfs (a full copy per layer: slow, big).
+    One directory per host, never shared.
+  * the inner dockerd works with Debian's default iptables-nft (DNAT for -p): no iptables-legacy.
+  * inner containers' cgroups land in the machine's hierarchy as /docker/<id>, beside the host
+    containers, so limits set on a host container do not cover them.
+  * the inner docker0 takes 172.17.0.0/16 unless a host address is in it, i.e. the same range as the
+    outer docker0: harmless as long as lab hosts need not reach the outer docker0.
+  * ssh: the lab's public key is mounted read-only at /etc/ssh/lab_authorized_keys (HOST_KEYS_PATH),
+    which sshd reads besides ~/.ssh/authorized_keys, so ~root/.ssh stays the deploy's to manage as in
+    production. Root logs in by key only. Host keys are made at first boot (each host its own).
+  * `docker stop` is a clean systemd shutdown (STOPSIGNAL SIGRTMIN+3, under a second); after a
+    `docker start` systemd, sshd and the inner dockerd come back with their data.
+  * python3 is installed as on a stock server: pyinfra's facts are shell, only its pip/venv
+    operations call python.
 
 Pushing to the lab registry: the outer dockerd treats 127.0.0.0/8 registries as insecure by default,
 so publish the registry container on 127.0.0.1:<port> and call push_to_registry("127.0.0.1:<port>").
 The lab hosts pull the same images as 172.30.0.2:5000/...; their (inner) dockerd needs that address in
-`insecure-registries` of /etc/docker/daemon.json, which the base OS layer writes.
+`insecure-registries` of /etc/docker/daemon.json: the base OS layer writes it from insecure_registries
+in lab/versions.lab.yaml.
 
 CLI: python -m keybuzz.lab.images [names...]   (builds what is missing, prints `name ref`)
 """
@@ -46,7 +61,6 @@ import shlex
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +93,9 @@ BASE_DPKG_OPTS = (
 APT_CLEAN = """Dir::Cache::pkgcache ""; Dir::Cache::srcpkgcache "";
 DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/*.bin || true"; };
 """
+# (apt-get clean no longer removes the *.bin once pkgcache is "", hence the rm)
+BASE_CUSTOMIZE = (f'printf %s {shlex.quote(APT_CLEAN)} >"$1/etc/apt/apt.conf.d/docker-clean"'
+                  ' && rm -f "$1"/var/cache/apt/*.bin')
 # Merge /usr with mmdebstrap's hook rather than the usrmerge package (which drags perl in on bookworm).
 BASE_HOOKS = ("/usr/share/mmdebstrap/hooks/maybe-merged-usr",)
 
@@ -86,17 +103,17 @@ BASE_HOOKS = ("/usr/share/mmdebstrap/hooks/maybe-merged-usr",)
 @dataclass(frozen=True)
 class Image:
     parent: str  # name of the image it is built FROM (a base-<suite> for all of them)
-    minutes: float  # rough build time, for the progress line
+    seconds: int  # rough build time on 2 cores, for the progress line
 
 
 SUITES = ("bookworm", "trixie")
 IMAGES: dict[str, Image] = {
-    "host": Image("base-bookworm", 1.5),
-    "redis": Image("base-bookworm", 0.5),
-    "haproxy": Image("base-bookworm", 0.5),
+    "host": Image("base-bookworm", 20),
+    "redis": Image("base-bookworm", 10),
+    "haproxy": Image("base-bookworm", 10),
     # trixie: rabbitmq-server 4.0.5 is the release right after 3.13 (see lab/versions.lab.yaml)
-    "rabbitmq": Image("base-trixie", 1),
-    "registry": Image("base-bookworm", 0.5),
+    "rabbitmq": Image("base-trixie", 20),
+    "registry": Image("base-bookworm", 10),
 }
 # Images pushed to the lab registry, by their key in versions.yaml.
 SERVICE_KEYS = {"redis": "redis_image", "haproxy": "haproxy_image", "rabbitmq": "rabbitmq_image"}
@@ -128,6 +145,15 @@ def _sources(suite: str) -> list[str]:
             f"deb {SECURITY_MIRROR} {suite}-security main"]
 
 
+def _base_recipe() -> tuple[list[str], list[str]]:
+    """The mmdebstrap options and `docker import --change`s of a base: with the suite and its
+    sources, what its tag hashes, so that any change to them makes a new base."""
+    include = ["--include=" + ",".join(BASE_PACKAGES)] if BASE_PACKAGES else []
+    options = ["--variant=apt", *include, *(f"--dpkgopt={o}" for o in BASE_DPKG_OPTS),
+               f"--customize-hook={BASE_CUSTOMIZE}", *(f"--hook-dir={d}" for d in BASE_HOOKS)]
+    return options, ['CMD ["/bin/bash"]', "ENV LANG=C.UTF-8"]
+
+
 def _digest(parts: Iterable[bytes]) -> str:
     h = hashlib.sha256()
     for p in parts:
@@ -152,7 +178,8 @@ def image_ref(name: str) -> str:
         suite = _suite(name)
         if suite not in SUITES:
             raise KeyError(name)
-        parts = [suite, *_sources(suite), *BASE_PACKAGES, "--", *BASE_DPKG_OPTS, *BASE_HOOKS, APT_CLEAN]
+        options, changes = _base_recipe()
+        parts = [suite, *_sources(suite), "--", *options, "--", *changes]
         return f"{PREFIX}/{name}:{_digest(p.encode() for p in parts)}"
     image = IMAGES[name]
     return f"{PREFIX}/{name}:{_digest([image_ref(image.parent).encode(), *_dir_parts(IMAGES_DIR / name)])}"
@@ -180,16 +207,13 @@ def build_base(suite: str, progress: Callable[[str], None] = print) -> str:
     if _exists(ref):
         progress(f"{name}: cached")
         return ref
-    progress(f"building {name} (≈1 min)…")
+    progress(f"building {name} (≈30 s)…")
+    options, changes = _base_recipe()
     with tempfile.TemporaryDirectory(prefix="keybuzz-lab-") as tmp:
         tar = Path(tmp) / "root.tar"
-        include = ["--include=" + ",".join(BASE_PACKAGES)] if BASE_PACKAGES else []
-        _run_logged(["mmdebstrap", "--variant=apt", *include, *(f"--dpkgopt={o}" for o in BASE_DPKG_OPTS),
-                     f"--customize-hook=printf %s {shlex.quote(APT_CLEAN)} >\"$1/etc/apt/apt.conf.d/docker-clean\"",
-                     *(f"--hook-dir={d}" for d in BASE_HOOKS), suite, str(tar), *_sources(suite)],
-                    f"mmdebstrap {suite}")
-        _run_logged(["docker", "import", "--change", 'CMD ["/bin/bash"]',
-                     "--change", "ENV LANG=C.UTF-8", str(tar), ref], f"docker import {name}")
+        _run_logged(["mmdebstrap", *options, suite, str(tar), *_sources(suite)], f"mmdebstrap {suite}")
+        _run_logged(["docker", "import", *(f"--change={c}" for c in changes), str(tar), ref],
+                    f"docker import {name}")
     return ref
 
 
@@ -198,17 +222,24 @@ def build(name: str, progress: Callable[[str], None] = print) -> str:
     if name.startswith("base-"):
         return build_base(_suite(name), progress)
     image = IMAGES[name]
-    parent = build(image.parent, progress)
+    parent = image_ref(image.parent)
+    if not _exists(parent):  # a cached base goes unmentioned: one progress line per image
+        build(image.parent, progress)
     ref = image_ref(name)
     if _exists(ref):
         progress(f"{name}: cached")
         return ref
-    progress(f"building {name} (≈{image.minutes:g} min)…")
-    start = time.monotonic()
-    _run_logged(["docker", "build", "--build-arg", f"BASE={parent}", "-t", ref,
-                 "--label", f"org.keybuzz.lab.parent={parent}", str(IMAGES_DIR / name)],
-                f"docker build {name}")
-    progress(f"{name}: built in {time.monotonic() - start:.0f}s")
+    progress(f"building {name} (≈{image.seconds} s)…")
+    cmd = ["docker", "build", "--force-rm", "--build-arg", f"BASE={parent}", "-t", ref,
+           "--label", f"org.keybuzz.lab.parent={parent}", str(IMAGES_DIR / name)]
+    try:
+        _run_logged(cmd, f"docker build {name}")
+    except BuildError as e:
+        # The legacy builder shares untagged intermediate images between builds of the same steps;
+        # a concurrent `docker rmi` elsewhere can delete one mid-build. Once more, from scratch.
+        if "unknown parent image" not in str(e):
+            raise
+        _run_logged([*cmd[:2], "--no-cache", *cmd[2:]], f"docker build {name}")
     return ref
 
 
@@ -234,9 +265,12 @@ def push_to_registry(registry_addr: str, names: Iterable[str] = SERVICE_KEYS,
     pushed = {}
     for name in names:
         target = f"{registry_addr}/{wanted[name]}"
-        subprocess.run(["docker", "tag", build(name, progress), target], check=True)
+        ref = image_ref(name)
+        subprocess.run(["docker", "tag", ref if _exists(ref) else build(name, progress), target], check=True)
         progress(f"pushing {target}…")
         _run_logged(["docker", "push", target], f"docker push {target}")
+        # the registry has it now: drop the local alias (one per registry port otherwise piles up)
+        subprocess.run(["docker", "rmi", target], capture_output=True)
         pushed[name] = target
     return pushed
 

@@ -1,0 +1,108 @@
+"""Benchmark: publish gap through the load balancer when the quorum queue leader's node dies (design §D).
+
+On a throw-away testbed (keybuzz/rabbitmq_testbed.py: queue-01..03 from the project's templates,
+HAProxy from templates/haproxy/haproxy.cfg.j2), for each kill:
+  1. a confirmed publisher streams to one quorum queue through HAProxy, a consumer drains it;
+  2. the node holding the queue's leader is SIGKILLed (docker kill);
+  3. gap = longest time between two consecutive confirms; then the node is started again and the
+     cluster waited back to 3 members before the next kill;
+  4. loss = confirmed ids the consumer never received (must be 0; duplicates are allowed).
+
+Two placements of the publisher's connection: `same` (on the leader's node: the worst case, the
+client must reconnect) and `other` (on another node: only the leader election is seen).
+
+    .venv/bin/python bench/rabbitmq_failover.py --kills 3          # prints a Markdown table
+Target (issue 5): gap <= 10 s, loss 0. Traffic goes only to the testbed's own containers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from keybuzz.amqp import ConfirmedPublisher, Consumer, delete_queue, place_on_node  # noqa: E402
+from keybuzz.rabbitmq_testbed import NAMES, Testbed, wait_for  # noqa: E402
+
+TARGET_GAP_S = 10.0
+
+
+def one_kill(tb: Testbed, run: int, placement: str) -> dict:
+    """One kill of the leader's node with the publisher placed `same` / `other`; returns the measures."""
+    queue = f"kb.bench.failover.{placement}.{run}"
+    endpoint = tb.lb_endpoint()
+    ConfirmedPublisher(endpoint, queue).run(count=1, seconds=30)
+    victim = tb.leader_index(queue)
+    target = victim if placement == "same" else (victim + 1) % len(NAMES)
+    consumer = Consumer(endpoint, queue).start()
+    publisher = ConfirmedPublisher(endpoint, queue, name=f"kb-bench-{placement}-{run}")
+    if not place_on_node(publisher, f"rabbit@{NAMES[target]}", tb.apis()):
+        raise RuntimeError(f"could not place the publisher on {NAMES[target]}")
+    stop = threading.Event()
+    worker = threading.Thread(target=publisher.run, kwargs={"seconds": 150, "stop": stop}, daemon=True)
+    worker.start()
+    try:
+        wait_for(lambda: len(publisher.result.confirmed) >= 300, 30, 0.1, "300 confirms before the kill")
+        at_kill = len(publisher.result.confirmed)
+        tb.kill(victim)
+        wait_for(lambda: len(publisher.result.confirmed) >= at_kill + 300, 60, 0.1, "300 confirms after the kill")
+        tb.revive(victim)
+        tb.wait_cluster(3, 180)
+        time.sleep(1)
+    finally:
+        stop.set()
+        worker.join(30)
+    result = publisher.result
+    missing = consumer.wait_for(result.confirmed, seconds=60)
+    consumer.stop()
+    delete_queue(endpoint, queue)
+    return {"placement": placement, "victim": NAMES[victim], "gap": result.max_gap, "confirmed": len(result.confirmed),
+            "lost": len(missing), "duplicates": consumer.deliveries - len(consumer.received),
+            "reconnects": result.reconnects}
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown summary: per placement, p50 / max gap and the confirmed-message loss."""
+    lines = ["| publisher's connection | kills | gap p50 (s) | gap max (s) | confirmed | lost | duplicates |",
+             "|---|---|---|---|---|---|---|"]
+    for placement, label in (("same", "on the leader's node (reconnects)"), ("other", "on another node")):
+        chosen = [r for r in rows if r["placement"] == placement]
+        if not chosen:
+            continue
+        gaps = [r["gap"] for r in chosen]
+        lines.append(f"| {label} | {len(chosen)} | {statistics.median(gaps):.2f} | {max(gaps):.2f} | "
+                     f"{sum(r['confirmed'] for r in chosen)} | {sum(r['lost'] for r in chosen)} | "
+                     f"{sum(r['duplicates'] for r in chosen)} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--kills", type=int, default=3, help="kills per placement (>= 3)")
+    parser.add_argument("--placements", default="same,other", help="same,other")
+    args = parser.parse_args(argv)
+    rows = []
+    with Testbed() as tb:
+        tb.wait_cluster(3, 240)
+        tb.setup()
+        for placement in args.placements.split(","):
+            for run in range(args.kills):
+                row = one_kill(tb, run, placement)
+                rows.append(row)
+                print(f"kill {placement} #{run + 1}: {row}", flush=True)
+    print()
+    print(table(rows))
+    worst = max(r["gap"] for r in rows)
+    lost = sum(r["lost"] for r in rows)
+    print(f"\ntarget gap <= {TARGET_GAP_S:.0f} s: {'met' if worst <= TARGET_GAP_S else 'MISSED'} (max {worst:.2f} s); "
+          f"confirmed messages lost: {lost}")
+    return 0 if worst <= TARGET_GAP_S and lost == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

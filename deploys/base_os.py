@@ -1,0 +1,197 @@
+"""Base OS layer (design §G, first layer): what every host needs before its service layer runs.
+
+    pyinfra -y inventory.py deploys/base_os.py         # or: invoke layer --name base_os [--lab]
+
+On every host (all roles but install):
+  * Docker Engine from Debian's archive at the version pinned in versions.yaml
+    (`docker_engine_package`), held so that `apt upgrade` does not move it; services run as
+    containers (§B, §F) under systemd units (keybuzz/ops.py).
+  * /etc/docker/daemon.json: the private registry / mirror settings of versions.yaml
+    (`insecure_registries`, `registry_mirror`); dockerd restarts only when this file changed.
+  * time sync: systemd-timesyncd, enabled; started where the machine owns its clock (not inside a
+    container, where systemd itself refuses: ConditionVirtualization=!container).
+  * kernel settings the services need (/etc/sysctl.d/60-keybuzz.conf), applied now when /proc/sys
+    is writable; a container's /proc/sys is read-only, then the file only takes effect at boot and
+    the run says so.
+  * /opt/keybuzz/<service> directories of the host's role (root, 0755: the service layer protects
+    what is below, e.g. data 0750 and secrets 0600/0400, and manages the same mode on it).
+  * /etc/hosts block naming every host of servers.tsv, plus minio-0N.keybuzz.io and s3.keybuzz.io
+    (-> minio-01) from design §B.
+A second run changes nothing.
+"""
+
+from io import BytesIO, StringIO
+
+from pyinfra import host, logger
+from pyinfra.api import FileUploadCommand, StringCommand, operation
+from pyinfra.facts.deb import DebPackages
+from pyinfra.facts.files import FileContents
+from pyinfra.facts.server import Command, Sysctl
+from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations.util import any_changed
+
+from keybuzz.context import layer_context
+from keybuzz.render import render
+
+ctx = layer_context("base_os")
+
+# Kernel settings: Redis wants overcommit (background saves fork) and a listen backlog of at least its
+# tcp-backlog (511); 4096 is the current kernel default, written so that older kernels get it too.
+SYSCTLS = {"vm.overcommit_memory": 1, "net.core.somaxconn": 4096}
+SYSCTL_FILE = "/etc/sysctl.d/60-keybuzz.conf"
+
+# /opt/keybuzz/<dir> per role: the layer of that role puts its config and data below.
+DATA_DIRS = {
+    "haproxy": ("haproxy",),
+    "db": ("postgres",),
+    "redis": ("redis",),
+    "rabbitmq": ("rabbitmq",),
+    "minio": ("minio",),
+    "mariadb": ("mariadb",),
+    "proxysql": ("proxysql",),
+    "k3s_masters": ("k3s",),
+    "k3s_workers": ("k3s",),
+}
+
+HOSTS_BEGIN = "# BEGIN KEYBUZZ HOSTS"
+HOSTS_END = "# END KEYBUZZ HOSTS"
+
+
+@operation()
+def etc_hosts_block(block: str, path: str = "/etc/hosts"):
+    """Put `block` (from its BEGIN marker line to its END marker line) at the end of `path`.
+
+    Rewrites the file in place when it cannot be replaced: a container's /etc/hosts is a bind
+    mount that `mv` cannot replace (pyinfra's files.block does).
+
+    Example:
+        etc_hosts_block(name="Name every host in /etc/hosts", block=render("base_os/hosts.j2", ...))
+    """
+    wanted = [line.strip() for line in block.strip("\n").splitlines()]
+    current = host.get_fact(FileContents, path=path) or []
+    start = next((i for i, line in enumerate(current) if line.startswith(HOSTS_BEGIN)), None)
+    if start is not None:
+        end = next((i for i in range(start, len(current)) if current[i].startswith(HOSTS_END)), len(current) - 1)
+        if [line.strip() for line in current[start:end + 1]] == wanted:
+            host.noop(f"{path} names every host")
+            return
+    new_block, new_file = f"{path}.keybuzz-block", f"{path}.keybuzz-new"
+    yield FileUploadCommand(BytesIO(("\n".join(wanted) + "\n").encode()), new_block)
+    # the file without our old block, then the new block; replaced atomically when possible
+    yield StringCommand(
+        f"awk '/^{HOSTS_BEGIN}/{{s=1}} !s{{print}} /^{HOSTS_END}/{{s=0}}' {path} > {new_file}"
+        f" && cat {new_block} >> {new_file} && chmod 644 {new_file}"
+        f" && {{ mv -f {new_file} {path} 2>/dev/null || cat {new_file} > {path}; }}"
+        f" && rm -f {new_block} {new_file}"
+    )
+
+
+_noted: set[str] = set()
+
+
+@operation()
+def apply_sysctls(path: str, wanted: dict):
+    """Apply the settings of `path` now if the running values differ and /proc/sys is writable.
+
+    In a container /proc/sys is read-only: nothing can be applied, the run says so and reports no
+    change (the values are then the machine's; at boot of a real host systemd-sysctl applies `path`).
+    """
+    current = host.get_fact(Sysctl, keys=list(wanted))
+    differ = {k: v for k, v in wanted.items() if current.get(k) != v}
+    if not differ:
+        host.noop("kernel settings already in effect")
+        return
+    probe = " && ".join(f"test -w /proc/sys/{k.replace('.', '/')}" for k in differ)
+    if host.get_fact(Command, command=f"{probe} && echo writable || echo read-only") != "writable":
+        now = ", ".join(f"{k}={current.get(k, '?')}" for k in differ)
+        note = f"/proc/sys is read-only here (a container): {path} is in place, not applied (now {now})"
+        if note not in _noted:  # once per host and run: a warning, not a change
+            _noted.add(note)
+            logger.warning(f"[{host.name}] {note}")
+        host.noop(note)
+        return
+    yield StringCommand("sysctl", "-q", "-p", path)
+
+
+# --- Docker Engine -----------------------------------------------------------------------------------
+
+files.directory(name="Create /etc/docker", path="/etc/docker", user="root", group="root", mode="755")
+# Written before the package is installed, so that the first dockerd already starts with it.
+daemon_json = files.put(
+    name="Install /etc/docker/daemon.json (registry settings of versions.yaml)",
+    src=StringIO(render("base_os/daemon.json.j2", insecure_registries=ctx.versions["insecure_registries"],
+                        registry_mirror=ctx.versions["registry_mirror"] or "")),
+    dest="/etc/docker/daemon.json",
+    user="root", group="root", mode="644",
+)
+
+PACKAGES = [ctx.versions["docker_engine_package"], "ca-certificates", "systemd-timesyncd", "procps"]
+
+
+def missing_packages(packages: list[str], installed: dict) -> list[str]:
+    """Packages (`name` or `name=version`) not installed at that version.
+
+    >>> missing_packages(["docker.io=20.10.24", "procps"], {"procps": ["2:4.0.2-3"]})
+    ['docker.io=20.10.24']
+    """
+    out = []
+    for package in packages:
+        name, _, version = package.partition("=")
+        have = installed.get(name, [])
+        if not have or (version and version not in have):
+            out.append(package)
+    return out
+
+
+if missing_packages(PACKAGES, host.get_fact(DebPackages)):
+    # only when something is to be installed: a second run does not touch the package lists
+    apt.update(name="Update the apt package lists")
+apt.packages(
+    name=f"Install Docker Engine ({ctx.versions['docker_engine_package']}), CA certificates, time sync, procps",
+    packages=PACKAGES,
+    no_recommends=True,
+)
+if "docker.io" not in (host.get_fact(Command, command="apt-mark showhold") or "").split():
+    server.shell(name="Hold docker.io at its pinned version", commands=["apt-mark hold docker.io"])
+
+systemd.service(name="Enable and start Docker", service="docker.service", running=True, enabled=True)
+server.shell(
+    name="Restart Docker (daemon.json changed)",
+    commands=["systemctl restart docker.service"],
+    _if=any_changed(daemon_json),
+)
+
+# --- time sync -----------------------------------------------------------------------------------------
+
+in_container = (host.get_fact(Command, command="systemd-detect-virt --container || true") or "none") != "none"
+systemd.service(
+    name="Enable time sync (systemd-timesyncd)",
+    service="systemd-timesyncd.service",
+    enabled=True,
+    running=None if in_container else True,  # a container shares the machine's clock
+)
+
+# --- kernel settings -------------------------------------------------------------------------------------
+
+files.put(
+    name=f"Install {SYSCTL_FILE}",
+    src=StringIO(render("base_os/sysctl.conf.j2", sysctls=SYSCTLS)),
+    dest=SYSCTL_FILE, user="root", group="root", mode="644",
+)
+apply_sysctls(name="Apply kernel settings", path=SYSCTL_FILE, wanted=SYSCTLS)
+
+# --- data directories ------------------------------------------------------------------------------------
+
+files.directory(name="Create /opt/keybuzz", path="/opt/keybuzz", user="root", group="root", mode="755")
+for data_dir in DATA_DIRS.get(host.data.get("role"), ()):
+    files.directory(name=f"Create /opt/keybuzz/{data_dir}", path=f"/opt/keybuzz/{data_dir}",
+                    user="root", group="root", mode="755")
+
+# --- name resolution ------------------------------------------------------------------------------------
+
+etc_hosts_block(
+    name="Name every host in /etc/hosts (servers.tsv, minio-0N.keybuzz.io, s3.keybuzz.io)",
+    block=render("base_os/hosts.j2",
+                 servers=[(s.name, s.ip) for s in ctx.plan.servers if s.ip],
+                 minio=[s.name for s in ctx.plan.group("minio")]),
+)

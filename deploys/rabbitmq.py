@@ -1,0 +1,192 @@
+"""RabbitMQ quorum cluster on queue-01..03 (design §D): `pyinfra inventory.py deploys/rabbitmq.py`.
+
+What it installs on each rabbitmq host, from the pinned image (versions.yaml `rabbitmq_image`):
+  /opt/keybuzz/rabbitmq/conf/rabbitmq.conf        peers from the inventory (classic_config), pause_minority,
+                                                  AMQP and management on the private address only
+  /opt/keybuzz/rabbitmq/conf/enabled_plugins      management (the checks read its HTTP API)
+  /opt/keybuzz/rabbitmq/conf/conf.d/20-keybuzz-user.conf   SECRET 0400: the application user
+                                                  (RABBITMQ_USER/RABBITMQ_PASSWORD) created at first boot
+                                                  instead of `guest`
+  /opt/keybuzz/rabbitmq/data/.erlang.cookie       SECRET 0400: RABBITMQ_ERLANG_COOKIE
+  /opt/keybuzz/rabbitmq/bin/keybuzz-rabbitmq      start / rolling restart / idempotent setup (no secret)
+  rabbitmq.service                                docker run --network host, node rabbit@<inventory name>,
+                                                  --add-host for every peer (names resolve without DNS)
+
+Activation: a host whose config or image changed is restarted one at a time (`_serial`), only when
+stopping it keeps every quorum queue's majority, and the next host waits until it is back in the
+cluster. Stopped nodes are started together (a first install: peer discovery wants its peers up)
+and each waits until it runs in a cluster with every peer that answers. Then, once for the cluster:
+users/vhosts (default queue type quorum)/permissions, `guest` deleted. A second run changes nothing.
+"""
+
+from io import BytesIO
+
+from pyinfra import host
+from pyinfra.api import FactBase, HiddenValue, operation
+from pyinfra.operations import files, server, systemd
+from pyinfra.operations.util import any_changed
+
+from keybuzz.context import layer_context
+from keybuzz.ops import container_unit, secret_file
+from keybuzz.render import render
+
+BASE = "/opt/keybuzz/rabbitmq"
+CONF = f"{BASE}/conf"
+DATA = f"{BASE}/data"
+SCRIPT = f"{BASE}/bin/keybuzz-rabbitmq"
+USER_CONF = f"{CONF}/conf.d/20-keybuzz-user.conf"
+# uid of the rabbitmq user in the pinned image (official rabbitmq images and the lab image alike);
+# only the uid matters: every file it reads is owner-only.
+RABBITMQ_UID = "999"
+# The KeyBuzz vhost(s): quorum is their default queue type (a queue declared without x-queue-type
+# is a quorum queue); the application user gets full permissions on them.
+VHOSTS = ("/",)
+# Bound of every wait of the node script (boot, join, quorum-critical): a stuck node fails the run.
+WAIT_SECONDS = 300
+
+
+class ServiceActive(FactBase):
+    """True when the systemd unit `service` is active.
+
+    Example: host.get_fact(ServiceActive, service="rabbitmq") -> True
+    """
+
+    def command(self, service):
+        return f"systemctl is-active {service} || true"
+
+    def process(self, output):
+        return bool(output) and output[0].strip() == "active"
+
+
+class UserOfUid(FactBase):
+    """Name of the host account with this uid, or None (file ownership facts show names, not uids).
+
+    Example: host.get_fact(UserOfUid, uid="999") -> "systemd-coredump" on many Debian 12 hosts
+    """
+
+    def command(self, uid):
+        return f"getent passwd {uid} | cut -d: -f1 || true"
+
+    def process(self, output):
+        return output[0].strip() if output and output[0].strip() else None
+
+
+class RabbitmqSetupNeeded(FactBase):
+    """What `keybuzz-rabbitmq setup` would change (one line per action); [] when all is in place.
+
+    The script reads the password itself (from the 0400 user file): nothing secret passes here.
+    Example: ["delete-guest", "vhost-queue-type /"]
+    """
+
+    def command(self, script):
+        return f"if [ -x {script} ]; then {script} setup-needed; else echo script-not-installed; fi"
+
+    def process(self, output):
+        return [line.strip() for line in output if line.strip()]
+
+
+@operation()
+def node_restarted(script: str):
+    """Rolling restart of a running node (the script waits for quorum safety and the rejoin).
+
+    Called with `_if=<something changed>` and `_serial=True`; a node that is not running is left
+    to `node_started` (starting it is enough to pick up the new definition).
+    """
+    if not host.get_fact(ServiceActive, service="rabbitmq"):
+        host.noop("rabbitmq is not running: started by the next operation")
+        return
+    yield f"{script} restart"
+
+
+@operation()
+def node_started(script: str):
+    """Start a stopped node and wait until it runs and has joined the nodes that answer."""
+    if host.get_fact(ServiceActive, service="rabbitmq"):
+        host.noop("rabbitmq is running")
+        return
+    yield f"{script} start"
+
+
+@operation()
+def cluster_setup(script: str):
+    """Application user, vhosts with quorum as default queue type, permissions, no `guest`."""
+    needed = host.get_fact(RabbitmqSetupNeeded, script=script)
+    if not needed:
+        host.noop("users, vhosts and permissions are in place")
+        return
+    yield f"{script} setup"
+
+
+def deploy() -> None:
+    """The whole layer for the current host (see the module docstring)."""
+    ctx = layer_context("rabbitmq")
+    creds = ctx.secrets("rabbitmq")
+    peers = ctx.addresses("rabbitmq")
+    image = ctx.image("rabbitmq_image")
+    private_ip = host.data.private_ip
+
+    # Files the container reads belong to uid 999 (owner-only modes: the group does not matter).
+    # pyinfra compares owners by NAME, so use the host's name for that uid, creating one if none.
+    owner = host.get_fact(UserOfUid, uid=RABBITMQ_UID)
+    if owner is None:
+        owner = "keybuzz-rabbitmq"
+        server.user(name="Host account for the rabbitmq container's uid", user=owner, uid=int(RABBITMQ_UID),
+                    system=True, shell="/usr/sbin/nologin", home="/nonexistent", create_home=False)
+
+    for path, mode in ((BASE, "755"), (f"{BASE}/bin", "755"), (CONF, "755"), (f"{CONF}/conf.d", "755")):
+        files.directory(name=f"Directory {path}", path=path, user="root", group="root", mode=mode)
+    files.directory(name=f"Directory {DATA}", path=DATA, user=owner, group="root", mode="750")
+
+    conf = files.put(
+        name="rabbitmq.conf",
+        src=BytesIO(render("rabbitmq/rabbitmq.conf.j2", peers=[name for name, _ in peers],
+                           private_ip=private_ip).encode()),
+        dest=f"{CONF}/rabbitmq.conf", user="root", group="root", mode="644",
+    )
+    plugins = files.put(
+        name="enabled_plugins", src=BytesIO(render("rabbitmq/enabled_plugins.j2").encode()),
+        dest=f"{CONF}/enabled_plugins", user="root", group="root", mode="644",
+    )
+    # The user file only matters at the cluster's first boot (later changes go through `setup`),
+    # so a changed password never restarts a node.
+    secret_file(
+        name="Application user (conf.d/20-keybuzz-user.conf)",
+        dest=USER_CONF,
+        content=HiddenValue(render("rabbitmq/keybuzz-user.conf.j2", user=creds["RABBITMQ_USER"].unmask(),
+                                   password=creds["RABBITMQ_PASSWORD"].unmask())),
+        user=owner, group="root", mode="400",
+    )
+    cookie = secret_file(
+        name="Erlang cookie", dest=f"{DATA}/.erlang.cookie", content=creds["RABBITMQ_ERLANG_COOKIE"],
+        user=owner, group="root", mode="400",
+    )
+    files.put(
+        name="keybuzz-rabbitmq (node script)",
+        src=BytesIO(render("rabbitmq/keybuzz-rabbitmq.sh.j2", peers=[name for name, _ in peers], vhosts=VHOSTS,
+                           user_conf=USER_CONF, wait_seconds=WAIT_SECONDS, uid=RABBITMQ_UID).encode()),
+        dest=SCRIPT, user="root", group="root", mode="700",
+    )
+
+    run_args = [
+        "--user", RABBITMQ_UID,
+        "-e", f"RABBITMQ_NODENAME=rabbit@{host.name}",
+        # peers resolve by the names of the inventory, whatever the hosts' DNS or /etc/hosts say
+        *[arg for name, ip in peers for arg in ("--add-host", f"{name}:{ip}")],
+        "-v", f"{CONF}:/etc/rabbitmq:ro",
+        "-v", f"{DATA}:/var/lib/rabbitmq",
+    ]
+    unit = container_unit("rabbitmq", image, command="rabbitmq-server", run_args=run_args,
+                          description="KeyBuzz RabbitMQ quorum node", stop_timeout=60)
+
+    changed = (conf, plugins, cookie, *unit)
+    systemd.daemon_reload(name="systemd daemon-reload", _if=any_changed(*unit))
+    node_restarted(name="Rolling restart of rabbitmq (its definition changed)", script=SCRIPT,
+                   _if=any_changed(*changed), _serial=True)
+    # NOT serial: a virgin node waits (peer discovery retries) for the other listed nodes before it
+    # forms or joins the cluster, so the first start must bring the three up together.
+    node_started(name="Start rabbitmq and wait until it joined", script=SCRIPT)
+    systemd.service(name="rabbitmq enabled at boot", service="rabbitmq", enabled=True)
+    cluster_setup(name="Users, vhosts (quorum by default), permissions, no guest", script=SCRIPT, _run_once=True)
+
+
+deploy()

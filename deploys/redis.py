@@ -1,0 +1,165 @@
+"""Redis layer (design §C): Redis + Sentinel on redis-01..03, master name keybuzz-master, quorum 2.
+
+    pyinfra -y inventory.py deploys/redis.py          # or: invoke layer --name redis [--lab]
+
+On each redis node, from the pinned `redis_image` (versions.yaml), as systemd units (keybuzz/ops.py):
+  * redis.service           redis-server /conf/redis.conf      (--user 999:1000, data in /opt/keybuzz/redis/data)
+  * redis-sentinel.service  redis-server /sentinel/sentinel.conf --sentinel
+REDIS_PASSWORD (redis.env) protects clients, replication (masterauth) and Sentinel (requirepass, auth-pass).
+
+What a re-run never does (it would break a running cluster):
+  * rewrite redis.conf or sentinel.conf: Sentinel rewrites both (REPLICAOF + CONFIG REWRITE, known replicas,
+    epochs). They are bootstrap files, written only when absent. Settings are compared at runtime from this
+    machine and fixed with CONFIG SET / SENTINEL SET (keybuzz-redis-settings apply), reported as a change.
+  * REPLICAOF anything: the Sentinels are asked who the master is (majority). Only the very first deploy,
+    when no Sentinel knows keybuzz-master, makes redis-01 master; a node whose files are missing later
+    (rebuilt) starts as a replica of the master the Sentinels name.
+  * restart a container whose unit did not change. A changed unit (image, arguments) restarts that service
+    one node at a time, replicas first, each waiting until its replica is back in sync, the master last.
+A second run reports no change.
+"""
+
+from io import BytesIO, StringIO
+
+from pyinfra import host
+from pyinfra.api import FileUploadCommand, HiddenValue, StringCommand, operation
+from pyinfra.facts.files import File
+from pyinfra.operations import files, server, systemd
+from pyinfra.operations.util import any_changed
+
+from keybuzz.context import layer_context
+from keybuzz.ops import _raw, container_unit, secret_file
+from keybuzz.redisha import (
+    REDIS_ENV_FILE,
+    REDIS_ROOT,
+    PasswordMismatch,
+    RedisSettings,
+    cluster_view,
+    env_file,
+    redis_drift,
+    render_redis_conf,
+    render_sentinel_conf,
+    render_settings_file,
+    sentinel_drift,
+)
+from keybuzz.render import render
+
+ctx = layer_context("redis")
+PASSWORD = ctx.secrets("redis")["REDIS_PASSWORD"]  # HiddenValue: unmasked only inside file contents
+NODES = ctx.addresses("redis")
+NODE_IPS = [ip for _, ip in NODES]
+ME = host.data.private_ip
+SETTINGS = RedisSettings.from_host_data(host.data)
+IMAGE = ctx.image("redis_image")
+UID, GID = "999", "1000"  # the redis user of the official image (and of the lab image)
+
+_view_cache: dict = {}
+
+
+def current_master() -> str:
+    """IP of the master: the Sentinels' majority; redis-01 only when no Sentinel knows keybuzz-master yet.
+
+    Refuses (RuntimeError) when some Sentinels answer but no majority agrees: deploying then could create a
+    second master.
+    """
+    if "view" not in _view_cache:  # the deploy file runs once per host: ask the Sentinels once per run
+        _view_cache["view"] = cluster_view(NODE_IPS, PASSWORD.unmask())
+    view = _view_cache["view"]
+    if view.master:
+        return view.master
+    if view.answered:
+        raise RuntimeError("the Sentinels answer but no majority agrees on the master of keybuzz-master; "
+                           "run `invoke check --name redis` and repair before deploying")
+    return NODE_IPS[0]
+
+
+@operation()
+def bootstrap_secret_file(dest: str, content, user: str, group: str, mode: str = "600"):
+    """Write a secret file only when it does not exist (afterwards its owner, Redis or Sentinel, rewrites it).
+
+    Example:
+        bootstrap_secret_file(name="Bootstrap sentinel.conf", dest=".../sentinel.conf", content=HiddenValue(t),
+                              user="999", group="1000")
+    """
+    if host.get_fact(File, path=dest):
+        host.noop(f"{dest} exists and belongs to the service now")
+        return
+    tmp = f"{dest}.keybuzz-new"
+    yield StringCommand("install", "-m", "600", "-o", "root", "-g", "root", "/dev/null", tmp)
+    yield FileUploadCommand(BytesIO(_raw(content)), tmp)
+    yield StringCommand("chown", f"{user}:{group}", tmp, "&&", "chmod", mode, tmp, "&&", "mv", "-n", tmp, dest,
+                        "&&", "rm", "-f", tmp)
+
+
+MASTER = current_master()
+IS_MASTER = ME == MASTER
+
+# --- directories and files -----------------------------------------------------------------------------
+
+files.directory(name="Create /etc/keybuzz", path="/etc/keybuzz", user="root", group="root", mode="755")
+for sub, mode in (("conf", "700"), ("data", "750"), ("sentinel", "700")):
+    files.directory(name=f"Create {REDIS_ROOT}/{sub} (redis 999:1000)", path=f"{REDIS_ROOT}/{sub}",
+                    user=UID, group=GID, mode=mode)
+
+env_op = secret_file(name=f"Install {REDIS_ENV_FILE} (REDIS_PASSWORD, root 0600)", dest=REDIS_ENV_FILE,
+                     content=HiddenValue(env_file(PASSWORD.unmask())))
+
+bootstrap_secret_file(
+    name="Bootstrap redis.conf (only if absent: Redis and Sentinel own it afterwards)",
+    dest=f"{REDIS_ROOT}/conf/redis.conf", user=UID, group=GID,
+    content=HiddenValue(render_redis_conf(host.name, f"{ME} 127.0.0.1", PASSWORD.unmask(), SETTINGS,
+                                      None if IS_MASTER else MASTER)),
+)
+bootstrap_secret_file(
+    name="Bootstrap sentinel.conf (only if absent: Sentinel owns it afterwards)",
+    dest=f"{REDIS_ROOT}/sentinel/sentinel.conf", user=UID, group=GID,
+    content=HiddenValue(render_sentinel_conf(host.name, f"{ME} 127.0.0.1", PASSWORD.unmask(), SETTINGS, MASTER)),
+)
+files.put(name="Install the runtime settings list (settings.conf, no secret)",
+          src=StringIO(render_settings_file(SETTINGS)), dest=f"{REDIS_ROOT}/settings.conf",
+          user="root", group="root", mode="644")
+files.put(name="Install /usr/local/sbin/keybuzz-redis-settings",
+          src=StringIO(render("redis/keybuzz-redis-settings")), dest="/usr/local/sbin/keybuzz-redis-settings",
+          user="root", group="root", mode="700")
+
+# --- units ---------------------------------------------------------------------------------------------
+
+redis_unit = container_unit(
+    "redis", IMAGE, command="redis-server /conf/redis.conf",
+    run_args=["--user", f"{UID}:{GID}", "-v", f"{REDIS_ROOT}/conf:/conf", "-v", f"{REDIS_ROOT}/data:/data"],
+    description="KeyBuzz Redis (keybuzz-master)",
+)
+sentinel_unit = container_unit(
+    "redis-sentinel", IMAGE, command="redis-server /sentinel/sentinel.conf --sentinel",
+    run_args=["--user", f"{UID}:{GID}", "-v", f"{REDIS_ROOT}/sentinel:/sentinel"],
+    description="KeyBuzz Redis Sentinel (keybuzz-master, quorum 2)",
+)
+systemd.daemon_reload(name="systemd daemon-reload", _if=any_changed(*redis_unit, *sentinel_unit))
+for service in ("redis", "redis-sentinel"):
+    systemd.service(name=f"Enable and start {service}", service=service, running=True, enabled=True)
+
+# A changed definition restarts: replicas first (one at a time, each back in sync before the next), master
+# last. pyinfra runs operations in code order, so the replica operation finishes on every host first.
+RESTART_REDIS = ["systemctl restart redis", "/usr/local/sbin/keybuzz-redis-settings wait-synced"]
+if not IS_MASTER:
+    server.shell(name="Restart redis (replica, its definition changed) and wait until in sync",
+                 commands=RESTART_REDIS, _if=any_changed(*redis_unit), _serial=True)
+if IS_MASTER:
+    server.shell(name="Restart redis (master, its definition changed) after the replicas",
+                 commands=RESTART_REDIS, _if=any_changed(*redis_unit), _serial=True)
+server.shell(
+    name="Restart redis-sentinel (its definition changed) and wait until it sees its peers",
+    commands=["systemctl restart redis-sentinel", "/usr/local/sbin/keybuzz-redis-settings wait-sentinel"],
+    _if=any_changed(*sentinel_unit), _serial=True,
+)
+
+# --- runtime settings (compared now, read-only; applied by an operation only if they differ) ------------
+
+try:
+    _drift = (redis_drift(ME, PASSWORD.unmask(), SETTINGS) or []) + [
+        f"sentinel {n}" for n in (sentinel_drift(ME, PASSWORD.unmask(), SETTINGS) or [])]
+except PasswordMismatch as e:
+    raise RuntimeError(f"{e}; rotating the password is a manual procedure (README, Redis)") from None
+if _drift:
+    server.shell(name=f"Apply changed runtime settings ({', '.join(_drift)}) with CONFIG SET / SENTINEL SET",
+                 commands=["/usr/local/sbin/keybuzz-redis-settings apply"], _serial=True)

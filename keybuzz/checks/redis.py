@@ -1,0 +1,215 @@
+"""Checks of the Redis layer (design §G), against the lab or production alike (Target.from_env()).
+
+    invoke check --name redis             diag: role + offset of each node, Sentinel agreement, HAProxy's master
+    invoke check --name redis --failover  controlled SENTINEL FAILOVER, write gap seen through the load balancer
+    invoke check --name redis --perf      bounded benchmark through the load balancer (SET/GET, 5 s at most)
+
+Only namespaced keys (keybuzz:check:*) with a TTL are written; nothing else is touched. No secret is printed.
+
+Example:
+    >>> print(diag(Target.from_env()))
+    OK   redis diag
+      redis-01 172.30.0.21 master offset=1234 replicas=2
+      ...
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+import urllib.request
+
+import redis
+
+from keybuzz.checks import Report, Target
+from keybuzz.redisha import (
+    HAPROXY_STATS_PORT,
+    MASTER_NAME,
+    REDIS_PORT,
+    SENTINEL_PORT,
+    WriteProbe,
+    ask_sentinels,
+    majority,
+    no_retry_client,
+)
+
+FAILOVER_BOUND_S = 60  # a controlled failover that takes longer than this is a failure
+PERF_SECONDS = 5
+PERF_MAX_OPS = 20000
+
+
+def _password(target: Target) -> str:
+    return target.secrets("redis")["REDIS_PASSWORD"].unmask()
+
+
+def _nodes(target: Target) -> list[tuple[str, str]]:
+    return [(s.name, s.ip) for s in target.plan.group("redis")]
+
+
+def haproxy_master(ip: str, timeout: float = 2.0) -> str | None:
+    """'ip:port' HAProxy at `ip` uses for be_redis_master/redis-master (stats CSV, private network)."""
+    url = f"http://{ip}:{HAPROXY_STATS_PORT}/stats;csv"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - fixed http URL
+            text = response.read().decode()
+    except OSError:
+        return None
+    rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
+    for row in rows:
+        if row.get("pxname") == "be_redis_master" and row.get("svname") == "redis-master":
+            return row.get("addr") or None
+    return None
+
+
+def _node_line(client: redis.Redis, name: str, ip: str) -> tuple[str, str | None]:
+    info = client.info("replication")
+    role = info.get("role")
+    if role == "master":
+        return (f"{name} {ip} master offset={info.get('master_repl_offset')} "
+                f"replicas={info.get('connected_slaves')}", role)
+    return (f"{name} {ip} replica of {info.get('master_host')} link={info.get('master_link_status')} "
+            f"offset={info.get('slave_repl_offset')}", "slave")
+
+
+def diag(target: Target) -> Report:
+    """Role and replication offset of each node, each Sentinel's answer and their majority, the master each
+    HAProxy points at, and a write + read through the load balancer landing on that master."""
+    report = Report("redis diag")
+    password = _password(target)
+    nodes = _nodes(target)
+    masters = []
+    for name, ip in nodes:
+        client = no_retry_client(ip, REDIS_PORT, password, timeout=2)
+        try:
+            line, role = _node_line(client, name, ip)
+            report.add(line)
+            if role == "master":
+                masters.append(ip)
+        except (redis.RedisError, OSError) as e:
+            report.add(f"{name} {ip} unreachable ({type(e).__name__})", ok=False)
+        finally:
+            client.close()
+    if len(masters) != 1:
+        report.add(f"{len(masters)} nodes say they are master (expected exactly 1)", ok=False)
+
+    answers = ask_sentinels([ip for _, ip in nodes], password, timeout=2)
+    agreed = majority(answers, len(nodes))
+    for (name, _), answer in zip(nodes, answers, strict=True):
+        report.add(f"sentinel {name}: master {answer or '(no answer)'}", ok=answer is not None)
+    report.add(f"Sentinel majority: {agreed or 'NONE'}", ok=agreed is not None)
+    if agreed and masters and agreed != f"{masters[0]}:{REDIS_PORT}":
+        report.add(f"Sentinels name {agreed} but {masters[0]} says it is master", ok=False)
+
+    for server in target.plan.group("haproxy"):
+        pointed = haproxy_master(server.ip)
+        report.add(f"{server.name} be_redis_master -> {pointed or '(stats unreachable)'}",
+                   ok=pointed is not None and pointed == agreed)
+
+    lb = no_retry_client(target.lb, REDIS_PORT, password, timeout=2)
+    try:
+        key = f"keybuzz:check:diag:{time.time_ns()}"
+        lb.set(key, "1", ex=60)
+        lb_run_id = lb.info("server")["run_id"]
+        report.add(f"write through {target.lb}:{REDIS_PORT} OK")
+        if agreed:
+            master_client = no_retry_client(agreed.split(":")[0], REDIS_PORT, password, timeout=2)
+            same = master_client.info("server")["run_id"] == lb_run_id and master_client.get(key) == "1"
+            master_client.close()
+            report.add("the load balancer reaches the Sentinels' master", ok=same)
+    except (redis.RedisError, OSError) as e:
+        report.add(f"write through {target.lb}:{REDIS_PORT} failed ({type(e).__name__})", ok=False)
+    finally:
+        lb.close()
+    return report
+
+
+def failover(target: Target) -> Report:
+    """`SENTINEL FAILOVER keybuzz-master`, while writing through the load balancer every 20 ms; reports the
+    write gap, the new master and whether acknowledged (WAIT 1) writes all survived."""
+    report = Report("redis failover (controlled)")
+    password = _password(target)
+    sentinel_ips = [ip for _, ip in _nodes(target)]
+    before = majority(ask_sentinels(sentinel_ips, password), len(sentinel_ips))
+    if not before:
+        report.add("no Sentinel majority before the failover: not started", ok=False)
+        return report
+    probe = WriteProbe(target.lb, REDIS_PORT, password, prefix="keybuzz:check:failover:", ttl=300,
+                       max_seconds=FAILOVER_BOUND_S + 10).start()
+    time.sleep(1)
+    t0 = time.monotonic()
+    for ip in sentinel_ips:  # the first Sentinel that answers starts it
+        client = no_retry_client(ip, SENTINEL_PORT, password, timeout=2)
+        try:
+            client.execute_command("SENTINEL", "FAILOVER", MASTER_NAME)
+            report.add(f"SENTINEL FAILOVER sent to {ip}")
+            break
+        except (redis.RedisError, OSError):
+            continue
+        finally:
+            client.close()
+    else:
+        probe.stop()
+        report.add("no Sentinel accepted SENTINEL FAILOVER", ok=False)
+        return report
+    after = None
+    deadline = t0 + FAILOVER_BOUND_S
+    while time.monotonic() < deadline:
+        after = majority(ask_sentinels(sentinel_ips, password), len(sentinel_ips))
+        if after and after != before and all(haproxy_master(s.ip) == after for s in target.plan.group("haproxy")):
+            break
+        time.sleep(0.2)
+    time.sleep(2)  # a few writes after the switch
+    probe.stop()
+    if not after or after == before:
+        report.add(f"master still {before} after {FAILOVER_BOUND_S} s", ok=False)
+        return report
+    report.add(f"master {before} -> {after}; every HAProxy follows")
+    gap = probe.gap_after(t0)
+    failed = sum(1 for w in probe.writes if not w.ok and w.t > t0)
+    report.add(f"write gap through {target.lb}: {gap:.2f} s ({failed} failed attempts)" if gap is not None
+               else "no write succeeded after the failover", ok=gap is not None)
+    report.metrics.update(gap_s=gap, old=before, new=after)
+    master = no_retry_client(after.split(":")[0], REDIS_PORT, password, timeout=2)
+    try:
+        lost_repl, repl, lost_plain, plain = probe.lost(master)
+    finally:
+        master.close()
+    report.add(f"acknowledged with WAIT 1: {repl}, lost {lost_repl}; plain: {plain}, lost {lost_plain}",
+               ok=lost_repl == 0)
+    report.metrics.update(lost_replicated=lost_repl, lost_plain=lost_plain)
+    return report
+
+
+def perf(target: Target) -> Report:
+    """Bounded benchmark through the load balancer: single-client SET/GET round trips and pipelined SETs
+    (at most PERF_SECONDS s and PERF_MAX_OPS operations each)."""
+    report = Report("redis perf (through the load balancer)")
+    client = no_retry_client(target.lb, REDIS_PORT, _password(target), timeout=2)
+    try:
+        latencies = []
+        start = time.monotonic()
+        while len(latencies) < PERF_MAX_OPS // 4 and time.monotonic() - start < PERF_SECONDS:
+            t = time.perf_counter()
+            client.set(f"keybuzz:check:perf:{len(latencies) % 100}", "x" * 64, ex=60)
+            client.get(f"keybuzz:check:perf:{len(latencies) % 100}")
+            latencies.append(time.perf_counter() - t)
+        latencies.sort()
+        p50, p99 = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)]
+        report.add(f"SET+GET round trips: {len(latencies)} in {time.monotonic() - start:.1f} s, "
+                   f"p50 {p50 * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms")
+        start, done = time.monotonic(), 0
+        while done < PERF_MAX_OPS and time.monotonic() - start < PERF_SECONDS:
+            pipe = client.pipeline(transaction=False)
+            for i in range(100):
+                pipe.set(f"keybuzz:check:perf:p{i}", "x" * 64, ex=60)
+            pipe.execute()
+            done += 100
+        rate = done / (time.monotonic() - start)
+        report.add(f"pipelined SET: {done} in {time.monotonic() - start:.1f} s = {rate:,.0f} ops/s")
+        report.metrics.update(p50_ms=p50 * 1000, p99_ms=p99 * 1000, pipelined_ops_s=rate)
+    except (redis.RedisError, OSError) as e:
+        report.add(f"benchmark failed: {type(e).__name__}", ok=False)
+    finally:
+        client.close()
+    return report

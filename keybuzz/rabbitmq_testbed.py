@@ -1,0 +1,256 @@
+"""A throw-away RabbitMQ quorum cluster behind HAProxy, in containers (testcontainers): queue-01..03 +
+haproxy on a private Docker bridge, started from the project's own rendered files:
+templates/rabbitmq/{rabbitmq.conf,enabled_plugins,keybuzz-user.conf}.j2 for the nodes, the real node
+script (keybuzz-rabbitmq.sh.j2) for the cluster setup, templates/haproxy/haproxy.cfg.j2 for HAProxy.
+
+Used by tests/test_rabbitmq_failover.py and bench/rabbitmq_failover.py. Traffic goes only to the
+containers it creates (addresses in its own 192.168.x.0/24 bridge).
+
+Example:
+    >>> with Testbed() as tb:
+    ...     tb.wait_cluster(3)
+    ...     ep = tb.lb_endpoint()                 # AMQP through HAProxy
+    ...     tb.kill(tb.leader_index("q"))          # docker kill of the leader's node
+    ...     tb.revive(i); tb.wait_cluster(3)
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # the reaper image cannot be pulled here
+
+import docker  # noqa: E402
+from docker.types import EndpointConfig, IPAMConfig, IPAMPool  # noqa: E402
+from testcontainers.core.container import DockerContainer  # noqa: E402
+from testcontainers.core.network import Network  # noqa: E402
+
+from keybuzz.amqp import Endpoint, Management, leader_of, wait_members  # noqa: E402
+from keybuzz.lab import images  # noqa: E402
+from keybuzz.redisha import render_haproxy_cfg  # noqa: E402
+from keybuzz.render import render  # noqa: E402
+
+NAMES = ("queue-01", "queue-02", "queue-03")
+UID = 999  # rabbitmq in the official image and the lab stand-in
+USER = "keybuzz"
+VHOSTS = ("/",)
+
+
+def _free_subnet(client) -> str:
+    """A /24 in 192.168.150-199 no Docker network uses (never 10.0.0.0/8, never the lab's 172.30.0.0/24)."""
+    used = {c["Subnet"] for n in client.networks.list() for c in (n.attrs.get("IPAM", {}).get("Config") or [])
+            if "Subnet" in c}
+    candidates = [f"192.168.{x}.0/24" for x in range(150, 200) if f"192.168.{x}.0/24" not in used]
+    return random.choice(candidates)
+
+
+def wait_for(predicate, seconds: float, interval: float = 0.5, what: str = "condition"):
+    """Poll `predicate` until it returns a truthy value (returned) or `seconds` pass (TimeoutError)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            value = predicate()
+        except Exception:  # noqa: BLE001 - a node that is booting answers with all sorts of errors
+            value = None
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what}: not reached within {seconds:.0f}s")
+        time.sleep(interval)
+
+
+class Testbed:
+    """Start with `with Testbed() as tb:`; everything is removed on exit (containers, network, files)."""
+
+    __test__ = False  # not a pytest test class despite its name
+
+    def __init__(self):
+        self.password = "tb-" + secrets.token_urlsafe(18)
+        self.cookie = secrets.token_urlsafe(32)
+        self.client = docker.from_env()
+        self.dir = Path(tempfile.mkdtemp(prefix="keybuzz-rabbitmq-tb-"))
+        self.containers: dict[str, DockerContainer] = {}
+        self.network: Network | None = None
+        self.prefix = ""
+
+    # ------------------------------------------------------------ addresses
+    def ip(self, last: int) -> str:
+        return f"{self.prefix}.{last}"
+
+    def node_ip(self, i: int) -> str:
+        return self.ip(11 + i)
+
+    @property
+    def haproxy_ip(self) -> str:
+        return self.ip(10)
+
+    def lb_endpoint(self) -> Endpoint:
+        """AMQP through HAProxy (be_rabbitmq), as KeyBuzz clients reach 10.0.0.10:5672."""
+        return Endpoint(self.haproxy_ip, 5672, USER, self.password)
+
+    def node_endpoint(self, i: int) -> Endpoint:
+        return Endpoint(self.node_ip(i), 5672, USER, self.password)
+
+    def apis(self) -> list[Management]:
+        return [Management(self.node_ip(i), USER, self.password, timeout=2) for i in range(len(NAMES))]
+
+    # ------------------------------------------------------------ life cycle
+    def __enter__(self) -> Testbed:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        rabbitmq_image = images.build("rabbitmq", progress=lambda m: None)
+        haproxy_image = images.build("haproxy", progress=lambda m: None)
+        subnet = _free_subnet(self.client)
+        self.prefix = subnet.rsplit(".", 1)[0]
+        self.network = Network(docker_network_kw={"ipam": IPAMConfig(pool_configs=[IPAMPool(subnet=subnet)])})
+        self.network.create()
+        for i, name in enumerate(NAMES):
+            self._write_node_files(i, name)
+        # all three at once: the harder case for peer discovery (the deploy starts them one by one)
+        for i, name in enumerate(NAMES):
+            self._run_node(i, name, rabbitmq_image)
+        self._start_haproxy(haproxy_image)
+
+    def _write_node_files(self, i: int, name: str) -> None:
+        node = self.dir / name
+        (node / "conf" / "conf.d").mkdir(parents=True)
+        (node / "data").mkdir()
+        (node / "conf" / "rabbitmq.conf").write_text(
+            render("rabbitmq/rabbitmq.conf.j2", peers=list(NAMES), private_ip=self.node_ip(i)))
+        (node / "conf" / "enabled_plugins").write_text(render("rabbitmq/enabled_plugins.j2"))
+        user_conf = node / "conf" / "conf.d" / "20-keybuzz-user.conf"
+        user_conf.write_text(render("rabbitmq/keybuzz-user.conf.j2", user=USER, password=self.password))
+        cookie = node / "data" / ".erlang.cookie"
+        cookie.write_text(self.cookie)
+        script = node / "keybuzz-rabbitmq"
+        script.write_text(render("rabbitmq/keybuzz-rabbitmq.sh.j2", peers=list(NAMES), vhosts=VHOSTS,
+                                 user_conf="/unused", wait_seconds=120, uid=UID))
+        script.chmod(0o700)
+        # same owners and modes as the deploy: uid 999 owns what the server reads, secrets 0400
+        for path in (user_conf, cookie):
+            os.chown(path, UID, 0)
+            path.chmod(0o400)
+        os.chown(node / "data", UID, 0)
+        (node / "data").chmod(0o750)
+
+    def _run_node(self, i: int, name: str, image: str) -> None:
+        node = self.dir / name
+        c = (DockerContainer(image).with_command("rabbitmq-server")
+             .with_name(f"kbrq-{self.prefix.split('.')[-1]}-{name}")
+             .with_volume_mapping(str(node / "conf"), "/etc/rabbitmq", "ro")
+             .with_volume_mapping(str(node / "data"), "/var/lib/rabbitmq", "rw")
+             .with_env("RABBITMQ_NODENAME", f"rabbit@{name}"))
+        assert self.network is not None
+        c = c.with_kwargs(
+            network=self.network.name, user=str(UID), hostname=name,
+            # as the deploy's --add-host: peers resolve by inventory name
+            extra_hosts={peer: self.node_ip(j) for j, peer in enumerate(NAMES)},
+            networking_config={self.network.name: EndpointConfig("1.41", ipv4_address=self.node_ip(i))},
+        )
+        c.start()
+        self.containers[name] = c
+
+    def _start_haproxy(self, image: str) -> None:
+        conf = self.dir / "haproxy"
+        conf.mkdir()
+        # the real template; the other backends point at unused addresses of this bridge (marked down)
+        (conf / "haproxy.cfg").write_text(render_haproxy_cfg(
+            "haproxy-01", self.haproxy_ip, f"{self.ip(40)}:6379", db=[("db-01", self.ip(41))],
+            rabbitmq=[(name, self.node_ip(i)) for i, name in enumerate(NAMES)], run_dir="/var/lib/haproxy"))
+        assert self.network is not None
+        c = (DockerContainer(image).with_name(f"kbrq-{self.prefix.split('.')[-1]}-haproxy")
+             .with_volume_mapping(str(conf), "/usr/local/etc/haproxy", "ro")
+             .with_kwargs(network=self.network.name, networking_config={
+                 self.network.name: EndpointConfig("1.41", ipv4_address=self.haproxy_ip)}))
+        c.start()
+        self.containers["haproxy"] = c
+
+    def stop(self) -> None:
+        for c in self.containers.values():
+            try:
+                c.stop()
+            except Exception:  # noqa: BLE001 - best effort cleanup, the next one must still go
+                pass
+        self.containers.clear()
+        if self.network and self.network._network is not None:
+            try:
+                self.network.remove()
+            except Exception:  # noqa: BLE001
+                pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # ------------------------------------------------------------ node control
+    def docker(self, name: str):
+        return self.containers[name].get_wrapped_container()
+
+    def container_name(self, i: int) -> str:
+        return self.docker(NAMES[i]).name
+
+    def script(self, i: int, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        """Run the deploy's node script (keybuzz-rabbitmq) against node i's container."""
+        node = self.dir / NAMES[i]
+        env = {**os.environ, "KEYBUZZ_RABBITMQ_CONTAINER": self.container_name(i),
+               "KEYBUZZ_RABBITMQ_USER_CONF": str(node / "conf" / "conf.d" / "20-keybuzz-user.conf")}
+        return subprocess.run([str(node / "keybuzz-rabbitmq"), *args], env=env, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def ctl(self, i: int, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """rabbitmqctl (or another CLI: first arg) inside node i, as the rabbitmq uid."""
+        return subprocess.run(["docker", "exec", "-u", str(UID), self.container_name(i), *args],
+                              capture_output=True, text=True, timeout=timeout)
+
+    def kill(self, i: int) -> None:
+        """SIGKILL node i's container (its data stays: it can come back)."""
+        self.docker(NAMES[i]).kill()
+
+    def revive(self, i: int) -> None:
+        wrapped = self.docker(NAMES[i])
+        wrapped.reload()
+        if wrapped.status != "running":
+            wrapped.start()
+
+    def running(self, i: int) -> bool:
+        wrapped = self.docker(NAMES[i])
+        wrapped.reload()
+        return wrapped.status == "running"
+
+    # ------------------------------------------------------------ cluster state
+    def wait_cluster(self, count: int = 3, seconds: float = 180) -> list[str]:
+        """Wait until the cluster has `count` running members (management API); return their names."""
+        seen = wait_members(self.apis(), count, seconds)
+        if len(seen) < count:
+            raise TimeoutError(f"cluster has {len(seen)} running members after {seconds:.0f}s: {seen}")
+        return seen
+
+    def setup(self) -> str:
+        """The deploy's cluster setup (users, vhosts, permissions, no guest), run once on queue-01."""
+        result = self.script(0, "setup")
+        if result.returncode != 0:
+            raise RuntimeError(f"keybuzz-rabbitmq setup failed: {result.stderr[-2000:]}")
+        return result.stderr
+
+    def leader_index(self, queue: str) -> int:
+        leader = leader_of(self.apis(), queue)
+        if leader is None:
+            raise TimeoutError(f"no leader known for {queue}")
+        return NAMES.index(leader.split("@", 1)[1])
+
+    def haproxy_logs(self) -> str:
+        out, err = self.docker("haproxy").logs(), b""
+        return (out + err).decode(errors="replace")

@@ -1,0 +1,362 @@
+"""A throw-away Redis HA testbed in containers (testcontainers): 3 Redis + 3 Sentinel + 1 HAProxy on a
+private Docker bridge, started from the project's own rendered files (keybuzz.redisha) and running the
+real redis-update-master.sh / redis-master-watch.sh inside the HAProxy container.
+
+Used by tests/test_haproxy_redis_failover.py and bench/redis_failover.py. Traffic goes only to the
+containers it creates (addresses in its own 192.168.x.0/24 bridge).
+
+Example:
+    >>> with Testbed(down_after_ms=2000) as tb:
+    ...     tb.wait_ready()
+    ...     tb.lb_client().set("k", "v")
+    ...     tb.kill_redis(tb.master_index())
+    ...     tb.wait_for(lambda: tb.lb_role() == "master")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # the reaper image cannot be pulled here
+
+import docker  # noqa: E402
+import redis  # noqa: E402
+from docker.types import EndpointConfig, IPAMConfig, IPAMPool  # noqa: E402
+from testcontainers.core.container import DockerContainer  # noqa: E402
+from testcontainers.core.network import Network  # noqa: E402
+
+from keybuzz import ROOT  # noqa: E402
+from keybuzz.lab import images  # noqa: E402
+from keybuzz.redisha import (  # noqa: E402
+    CONTAINER_CFG_DIR,
+    HAPROXY_RUN_DIR,
+    MASTER_NAME,
+    RedisSettings,
+    env_file,
+    majority,
+    no_retry_client,
+    render_haproxy_cfg,
+    render_redis_conf,
+    render_sentinel_conf,
+    render_update_conf,
+)
+
+TEMPLATES = ROOT / "templates" / "haproxy"
+NAMES = ("redis-01", "redis-02", "redis-03")
+
+
+def haproxy_test_image() -> str:
+    """The lab haproxy image + redis-cli (the HAProxy hosts get redis-tools from apt), run as root so the
+    container can play the HAProxy host: the scripts, the config directory and HAProxy in one place."""
+    base = images.build("haproxy", progress=lambda m: None)
+    dockerfile = (f"FROM {base}\nUSER root\n"
+                  "RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends"
+                  " redis-tools procps && rm -rf /var/lib/apt/lists/*\n")
+    ref = f"keybuzz-lab/haproxy-redistest:{hashlib.sha256(dockerfile.encode()).hexdigest()[:12]}"
+    client = docker.from_env()
+    try:
+        client.images.get(ref)
+    except docker.errors.ImageNotFound:
+        client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=ref, rm=True)
+    return ref
+
+
+def _free_subnet(client) -> str:
+    """A /24 in 192.168.200-249 no Docker network uses (never 10.0.0.0/8, never the lab's 172.30.0.0/24)."""
+    used = {c["Subnet"] for n in client.networks.list() for c in (n.attrs.get("IPAM", {}).get("Config") or [])
+            if "Subnet" in c}
+    candidates = [f"192.168.{x}.0/24" for x in range(200, 250) if f"192.168.{x}.0/24" not in used]
+    return random.choice(candidates)
+
+
+class Testbed:
+    """Start with `with Testbed(...) as tb:`; everything is removed on exit (containers, network, files).
+
+    watch: run redis-master-watch.sh (immediate follow-up); timer_s: seconds between update runs
+    (the systemd timer's 15 s in production; 0 = no timer loop).
+    """
+
+    __test__ = False  # not a pytest test class despite its name
+
+    def __init__(self, down_after_ms: int = 2000, watch: bool = True, timer_s: float = 15,
+                 settings: RedisSettings | None = None, failover_timeout_ms: int = 10000):
+        self.settings = settings or RedisSettings(down_after_ms=down_after_ms, failover_timeout_ms=failover_timeout_ms)
+        self.watch = watch
+        self.timer_s = timer_s
+        self.password = "tb-" + secrets.token_urlsafe(18)
+        self.client = docker.from_env()
+        self.dir = Path(tempfile.mkdtemp(prefix="keybuzz-redis-tb-"))
+        self.containers: dict[str, DockerContainer] = {}
+        self.network: Network | None = None
+
+    # ------------------------------------------------------------ addresses
+    def ip(self, last: int) -> str:
+        return f"{self.prefix}.{last}"
+
+    def redis_ip(self, i: int) -> str:
+        return self.ip(11 + i)
+
+    def sentinel_ip(self, i: int) -> str:
+        return self.ip(21 + i)
+
+    @property
+    def haproxy_ip(self) -> str:
+        return self.ip(30)
+
+    @property
+    def redis_ips(self) -> list[str]:
+        return [self.redis_ip(i) for i in range(3)]
+
+    @property
+    def sentinel_ips(self) -> list[str]:
+        return [self.sentinel_ip(i) for i in range(3)]
+
+    # ------------------------------------------------------------ lifecycle
+    def __enter__(self) -> Testbed:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        redis_image = images.build("redis", progress=lambda m: None)
+        haproxy_image = haproxy_test_image()
+        subnet = _free_subnet(self.client)
+        self.prefix = subnet.rsplit(".", 1)[0]
+        self.network = Network(docker_network_kw={"ipam": IPAMConfig(pool_configs=[IPAMPool(subnet=subnet)])})
+        self.network.create()
+        first = self.redis_ips[0]
+        for i, name in enumerate(NAMES):
+            node = self.dir / name
+            for sub in ("conf", "data", "sentinel"):
+                (node / sub).mkdir(parents=True)
+            (node / "conf" / "redis.conf").write_text(render_redis_conf(
+                name, f"{self.redis_ip(i)} 127.0.0.1", self.password, self.settings, None if i == 0 else first))
+            (node / "sentinel" / "sentinel.conf").write_text(render_sentinel_conf(
+                name, f"{self.sentinel_ip(i)} 127.0.0.1", self.password, self.settings, first))
+            for path in node.rglob("*"):
+                os.chown(path, 999, 1000)
+                path.chmod(0o700 if path.is_dir() else 0o600)
+            os.chown(node, 999, 1000)
+            self._run(f"redis-{i + 1}", redis_image, "redis-server /conf/redis.conf", self.redis_ip(i),
+                      {str(node / "conf"): "/conf", str(node / "data"): "/data"}, user="999:1000")
+            self._run(f"sentinel-{i + 1}", redis_image, "redis-server /sentinel/sentinel.conf --sentinel",
+                      self.sentinel_ip(i), {str(node / "sentinel"): "/sentinel"}, user="999:1000")
+        # stand-in for a RabbitMQ node behind be_rabbitmq: any TCP service holding a session will do
+        self._run("queue-1", redis_image, "redis-server --port 5672 --protected-mode no", self.ip(41), {},
+                  user="999:1000")
+        self._start_haproxy(haproxy_image)
+
+    def _start_haproxy(self, image: str) -> None:
+        hp = self.dir / "haproxy"
+        for sub in ("conf", "run", "etc", "bin"):
+            (hp / sub).mkdir(parents=True)
+        (hp / "conf" / "haproxy.cfg").write_text(render_haproxy_cfg(
+            "haproxy-01", self.haproxy_ip, f"{self.redis_ips[0]}:6379", db=[("db-01", self.ip(40))],
+            rabbitmq=[("queue-01", self.ip(41))]))
+        (hp / "etc" / "redis-update-master.conf").write_text(render_update_conf(
+            self.sentinel_ips, self.redis_ips,
+            HAPROXY_CFG=f"{CONTAINER_CFG_DIR}/haproxy.cfg",
+            HAPROXY_CHECK_CMD="haproxy -c -q -f",
+            HAPROXY_RELOAD_CMD="kill -USR2 1",  # the HAProxy master is PID 1 of the container
+            LOCK_FILE="/tmp/redis-update-master.lock",
+            REDIS_ENV_FILE="/etc/keybuzz/redis.env"))
+        env = hp / "etc" / "redis.env"
+        env.write_text(env_file(self.password))
+        env.chmod(0o600)
+        for script in ("redis-update-master.sh", "redis-master-watch.sh"):
+            shutil.copy(TEMPLATES / script, hp / "bin" / script)
+            (hp / "bin" / script).chmod(0o755)
+        self._run("haproxy", image,
+                  f"haproxy -S {HAPROXY_RUN_DIR}/master.sock,mode,600 -f {CONTAINER_CFG_DIR}/haproxy.cfg",
+                  self.haproxy_ip,
+                  {str(hp / "conf"): CONTAINER_CFG_DIR, str(hp / "run"): HAPROXY_RUN_DIR,
+                   str(hp / "etc"): "/etc/keybuzz", str(hp / "bin"): "/usr/local/keybuzz-bin"}, user="0:0")
+
+    def _run(self, name: str, image: str, command: str, ip: str, volumes: dict[str, str], user: str,
+             **kwargs) -> None:
+        assert self.network is not None
+        c = DockerContainer(image).with_command(command).with_name(f"kbtb-{self.prefix.split('.')[-1]}-{name}")
+        for host_path, inside in volumes.items():
+            c = c.with_volume_mapping(host_path, inside, "rw")
+        c = c.with_kwargs(network=self.network.name, user=user, **kwargs,
+                          networking_config={self.network.name: EndpointConfig("1.41", ipv4_address=ip)})
+        c.start()
+        self.containers[name] = c
+
+    def stop(self) -> None:
+        for c in self.containers.values():
+            try:
+                c.stop()
+            except Exception:  # noqa: BLE001 - best effort cleanup, the next one must still go
+                pass
+        self.containers.clear()
+        if self.network and self.network._network is not None:
+            try:
+                self.network.remove()
+            except Exception:  # noqa: BLE001
+                pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # ------------------------------------------------------------ container control
+    def docker(self, name: str):
+        return self.containers[name].get_wrapped_container()
+
+    def exec(self, name: str, cmd: str, timeout: float = 60) -> tuple[int, str]:
+        """Run `cmd` with bash in container `name`; returns (exit code, stdout+stderr)."""
+        wrapped = self.docker(name)
+        proc = subprocess.run(["docker", "exec", wrapped.id, "bash", "-c", cmd], capture_output=True, text=True,
+                              timeout=timeout)
+        return proc.returncode, proc.stdout + proc.stderr
+
+    def kill_redis(self, i: int) -> None:
+        """SIGKILL the Redis container; returns once Docker reports it dead."""
+        container = self.docker(f"redis-{i + 1}")
+        container.kill()
+        self.wait_for(lambda: container.reload() or container.status != "running", 10, 0.01, "container dead")
+
+    def start_redis(self, i: int) -> None:
+        self.docker(f"redis-{i + 1}").start()
+
+    def kill_sentinel(self, i: int) -> None:
+        self.docker(f"sentinel-{i + 1}").kill()
+
+    def start_sentinel(self, i: int) -> None:
+        self.docker(f"sentinel-{i + 1}").start()
+
+    def pause_redis(self, i: int) -> None:
+        self.docker(f"redis-{i + 1}").pause()
+
+    def unpause_redis(self, i: int) -> None:
+        self.docker(f"redis-{i + 1}").unpause()
+
+    # ------------------------------------------------------------ the scripts
+    def start_followers(self) -> None:
+        """Start what production runs under systemd: the watcher and the timer loop, inside haproxy."""
+        env = "REDIS_UPDATE_MASTER=/usr/local/keybuzz-bin/redis-update-master.sh"
+        if self.watch:
+            self.exec("haproxy", f"{env} setsid nohup /usr/local/keybuzz-bin/redis-master-watch.sh "
+                                 ">>/tmp/watch.log 2>&1 &")
+        if self.timer_s:
+            self.exec("haproxy", f"setsid nohup bash -c 'while true; do sleep {self.timer_s}; "
+                                 "/usr/local/keybuzz-bin/redis-update-master.sh; done' >>/tmp/timer.log 2>&1 &")
+
+    def update(self, conf_overrides: dict[str, str] | None = None) -> tuple[int, str]:
+        """One run of the real redis-update-master.sh (optionally with another settings file)."""
+        prefix = ""
+        if conf_overrides:
+            extra = "\n".join(f'{k}="{v}"' for k, v in conf_overrides.items())
+            self.exec("haproxy", f"cp /etc/keybuzz/redis-update-master.conf /tmp/alt.conf && "
+                                 f"cat >>/tmp/alt.conf <<'EOF'\n{extra}\nEOF")
+            prefix = "REDIS_UPDATE_MASTER_CONF=/tmp/alt.conf "
+        return self.exec("haproxy", prefix + "/usr/local/keybuzz-bin/redis-update-master.sh")
+
+    def logs(self) -> str:
+        return self.exec("haproxy", "cat /tmp/watch.log /tmp/timer.log 2>/dev/null")[1]
+
+    def haproxy_cfg(self) -> str:
+        return (self.dir / "haproxy" / "conf" / "haproxy.cfg").read_text()
+
+    def cfg_master(self) -> str | None:
+        in_backend = False
+        for line in self.haproxy_cfg().splitlines():
+            words = line.split()
+            if words and words[0] in ("backend", "frontend", "listen", "defaults", "global"):
+                in_backend = words[:2] == ["backend", "be_redis_master"]
+            elif in_backend and words[:2] == ["server", "redis-master"]:
+                return words[2]
+        return None
+
+    def master_cli(self, command: str) -> str:
+        sock = f"{HAPROXY_RUN_DIR}/master.sock"
+        return self.exec("haproxy", f"echo '{command}' | socat -t 2 stdio UNIX-CONNECT:{sock}")[1]
+
+    def runtime_master(self) -> str | None:
+        for line in self.master_cli("@1 show servers state be_redis_master").splitlines():
+            f = line.split()
+            if len(f) > 18 and f[1] == "be_redis_master" and f[3] == "redis-master":
+                return f"{f[4]}:{f[18]}"
+        return None
+
+    def haproxy_pids(self) -> list[int]:
+        return [int(line.split()[0]) for line in self.master_cli("show proc").splitlines()
+                if len(line.split()) > 1 and line.split()[1] == "worker"]
+
+    # ------------------------------------------------------------ Redis clients
+    def redis_client(self, ip: str, port: int = 6379, timeout: float = 1.0) -> redis.Redis:
+        # no automatic retry (redis-py retries 3 times by default): a poll must see each failure at once
+        return no_retry_client(ip, port, self.password, timeout)
+
+    def lb_client(self, timeout: float = 1.0) -> redis.Redis:
+        """A client through HAProxy (the load balancer stand-in)."""
+        return self.redis_client(self.haproxy_ip, timeout=timeout)
+
+    def role(self, ip: str) -> str | None:
+        try:
+            return self.redis_client(ip).execute_command("ROLE")[0]
+        except (redis.RedisError, OSError):
+            return None
+
+    def lb_role(self) -> str | None:
+        return self.role(self.haproxy_ip)
+
+    def sentinel_answers(self) -> list[str | None]:
+        out = []
+        for ip in self.sentinel_ips:
+            try:
+                r = self.redis_client(ip, 26379).execute_command("SENTINEL", "get-master-addr-by-name", MASTER_NAME)
+                out.append(f"{r[0]}:{r[1]}" if r else None)
+            except (redis.RedisError, OSError):
+                out.append(None)
+        return out
+
+    def sentinel_master(self) -> str | None:
+        return majority(self.sentinel_answers(), 3)
+
+    def master_index(self) -> int:
+        addr = self.sentinel_master()
+        assert addr, "no Sentinel majority"
+        return self.redis_ips.index(addr.split(":")[0])
+
+    def wait_for(self, predicate: Callable[[], object], timeout: float = 30, interval: float = 0.1,
+                 what: str = "condition"):
+        """Poll `predicate` until truthy (returned) or raise TimeoutError after `timeout` s (bounded loop)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(interval)
+        raise TimeoutError(f"{what} not reached within {timeout} s")
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Replication up on both replicas and each Sentinel sees the two others and both replicas."""
+        def ready() -> bool:
+            try:
+                info = self.redis_client(self.redis_ips[0]).info("replication")
+                if info.get("connected_slaves") != 2:
+                    return False
+                for ip in self.sentinel_ips:
+                    m = self.redis_client(ip, 26379).execute_command("SENTINEL", "MASTER", MASTER_NAME)
+                    fields = dict(zip(m[::2], m[1::2], strict=False))
+                    if fields.get("num-other-sentinels") != "2" or fields.get("num-slaves") != "2":
+                        return False
+                return True
+            except (redis.RedisError, OSError):
+                return False
+        self.wait_for(ready, timeout, 0.3, "replication + Sentinel discovery")

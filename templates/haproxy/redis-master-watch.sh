@@ -1,0 +1,54 @@
+#!/bin/bash
+# /usr/local/bin/redis-master-watch.sh — runs redis-update-master.sh the moment a Sentinel announces a
+# failover, so HAProxy follows it within a second instead of waiting for the 15 s timer.
+#
+# Managed by keybuzz-infra (templates/haproxy/redis-master-watch.sh); run by redis-master-watch.service.
+#
+# Why here and not in Sentinel's client-reconfig-script: that script runs on the Redis nodes, and HAProxy
+# lives on other hosts. Every Sentinel publishes `+switch-master <name> <old-ip> <old-port> <new-ip>
+# <new-port>` when IT switches, so subscribing to all of them gives one trigger per Sentinel: the update
+# script (majority rule) switches as soon as the second one has switched.
+#
+# Each subscription reconnects forever (1 s pause); after each (re)connection one update run catches up
+# with anything missed while disconnected. Settings: same files as redis-update-master.sh.
+
+set -u -o pipefail
+CONF=${REDIS_UPDATE_MASTER_CONF:-/etc/keybuzz/redis-update-master.conf}
+UPDATE=${REDIS_UPDATE_MASTER:-/usr/local/bin/redis-update-master.sh}
+# shellcheck source=/dev/null
+. "$CONF" || exit 2
+MASTER_NAME=${MASTER_NAME:-keybuzz-master}
+SENTINEL_PORT=${SENTINEL_PORT:-26379}
+REDIS_ENV_FILE=${REDIS_ENV_FILE:-/etc/keybuzz/redis.env}
+# shellcheck source=/dev/null
+. "$REDIS_ENV_FILE" || exit 2
+export REDISCLI_AUTH="$REDIS_PASSWORD"
+unset REDIS_PASSWORD
+
+log() {
+    if [ -n "${INVOCATION_ID:-}" ]; then echo "redis-master-watch: $*"
+    else echo "$(date '+%F %T.%3N') redis-master-watch: $*"; fi
+}
+
+# watch_one "ip[:port]": subscribe to +switch-master of one Sentinel, run the update on every message.
+watch_one() {
+    local host=${1%:*} port=$SENTINEL_PORT line
+    [[ $1 == *:* ]] && port=${1##*:}
+    while true; do
+        # redis-cli prints each element of a pub/sub reply on its own line and flushes it at once:
+        #   subscribe / +switch-master / 1            (subscription confirmed)
+        #   message / +switch-master / <payload>      (a failover)
+        while IFS= read -r line; do
+            case $line in
+                subscribe) "$UPDATE" ;;  # (re)connected: catch up
+                "$MASTER_NAME "*) log "Sentinel $host: +switch-master $line"; "$UPDATE" ;;
+            esac
+        done < <(redis-cli --no-auth-warning -h "$host" -p "$port" SUBSCRIBE +switch-master 2>/dev/null)
+        sleep 1
+    done
+}
+
+for sentinel in $SENTINELS; do
+    watch_one "$sentinel" &
+done
+wait

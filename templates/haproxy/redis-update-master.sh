@@ -1,0 +1,200 @@
+#!/bin/bash
+# /usr/local/bin/redis-update-master.sh — points HAProxy's be_redis_master at the Redis master (design §C).
+#
+# Managed by keybuzz-infra (templates/haproxy/redis-update-master.sh); do not edit by hand.
+# Run by redis-update-master.timer (boot + every 15 s) and by redis-master-watch.service (immediately on
+# every Sentinel's +switch-master). Safe to run any time, by hand too:
+#
+#   redis-update-master.sh            # one check; exit 0 = HAProxy points at the master (switched or not)
+#
+# Safety rules (each one is covered by tests/test_haproxy_redis_failover.py):
+#   * asks EVERY Sentinel and acts only when a majority of the configured Sentinels gives the same address;
+#   * the address must be a well-formed IPv4:port of a known Redis node, and answer ROLE "master";
+#   * nothing is written and HAProxy is not reloaded when the master did not change;
+#   * the new haproxy.cfg is validated (haproxy -c) before it replaces the old one (atomic rename);
+#   * one run at a time (flock);
+#   * after a switch, every HAProxy process (current and old workers) drops its sessions to the old master,
+#     so no client stays attached to a demoted master (a reload alone leaves them where they are).
+#
+# Exit codes: 0 ok, 2 bad local configuration, 3 no majority / no valid master (cfg untouched),
+#             4 validation or reload failed (old cfg kept).
+#
+# Settings come from $REDIS_UPDATE_MASTER_CONF (default /etc/keybuzz/redis-update-master.conf, not secret);
+# the Redis password from $REDIS_ENV_FILE (default /etc/keybuzz/redis.env, root 0600). The password reaches
+# redis-cli only through the REDISCLI_AUTH environment variable: never on a command line.
+
+set -u -o pipefail
+export LC_ALL=C
+
+CONF=${REDIS_UPDATE_MASTER_CONF:-/etc/keybuzz/redis-update-master.conf}
+# journald stamps each line itself; elsewhere (tests, by hand) the line carries its own time
+log() {
+    if [ -n "${INVOCATION_ID:-}" ]; then echo "redis-update-master: $*"
+    else echo "$(date '+%F %T.%3N') redis-update-master: $*"; fi
+}
+
+# shellcheck source=/dev/null
+[ -r "$CONF" ] && . "$CONF" || { log "cannot read $CONF"; exit 2; }
+: "${SENTINELS:?}" "${REDIS_NODES:?}" "${HAPROXY_CFG:?}"
+MASTER_NAME=${MASTER_NAME:-keybuzz-master}
+SENTINEL_PORT=${SENTINEL_PORT:-26379}
+QUERY_TIMEOUT=${QUERY_TIMEOUT:-1}
+HAPROXY_CHECK_CMD=${HAPROXY_CHECK_CMD:-/usr/local/sbin/keybuzz-haproxy-check}
+HAPROXY_RELOAD_CMD=${HAPROXY_RELOAD_CMD:-systemctl reload haproxy}
+HAPROXY_MASTER_SOCKET=${HAPROXY_MASTER_SOCKET:-/opt/keybuzz/haproxy/run/master.sock}
+LOCK_FILE=${LOCK_FILE:-/run/lock/redis-update-master.lock}
+# 1 = drop the sessions of every HAProxy process to the old master after a switch (tests turn it off once,
+# to show that without it a client stays attached to the demoted master).
+KILL_OLD_SESSIONS=${KILL_OLD_SESSIONS:-1}
+REDIS_ENV_FILE=${REDIS_ENV_FILE:-/etc/keybuzz/redis.env}
+
+# --- credentials section (design §H.3): the value is never printed ---
+# shellcheck source=/dev/null
+[ -r "$REDIS_ENV_FILE" ] && . "$REDIS_ENV_FILE" || { log "cannot read the Redis credentials file"; exit 2; }
+[ -n "${REDIS_PASSWORD:-}" ] || { log "REDIS_PASSWORD missing in the credentials file"; exit 2; }
+export REDISCLI_AUTH="$REDIS_PASSWORD"
+unset REDIS_PASSWORD
+# --- end of credentials section ---
+
+exec 9>>"$LOCK_FILE" || { log "cannot open $LOCK_FILE"; exit 2; }
+flock -w 20 9 || { log "another run holds $LOCK_FILE for 20 s; giving up this one"; exit 3; }
+
+# valid_addr "10.0.0.21:6379" -> 0 when it is a dotted IPv4 (each octet <= 255) and a port 1..65535.
+valid_addr() {
+    local ip=${1%:*} port=${1##*:} o
+    [[ $1 =~ ^([0-9]{1,3}\.){3}[0-9]{1,3}:[0-9]{1,5}$ ]] || return 1
+    for o in ${ip//./ }; do (( 10#$o <= 255 )) || return 1; done
+    (( 10#$port >= 1 && 10#$port <= 65535 ))
+}
+
+# known_node "10.0.0.21:6379" -> 0 when the address is one of REDIS_NODES (a Sentinel never sends
+# HAProxy anywhere else, even if it were misconfigured or impersonated).
+known_node() {
+    local n
+    for n in $REDIS_NODES; do [ "$1" = "$n" ] || [ "$1" = "$n:6379" ] && return 0; done
+    return 1
+}
+
+# ask_sentinel "10.0.0.21[:26379]" -> prints "ip:port" of its master, or nothing.
+ask_sentinel() {
+    local host=${1%:*} port=$SENTINEL_PORT reply
+    [[ $1 == *:* ]] && port=${1##*:}
+    reply=$(timeout "$QUERY_TIMEOUT" redis-cli --no-auth-warning -h "$host" -p "$port" --raw \
+        SENTINEL get-master-addr-by-name "$MASTER_NAME" 2>/dev/null) || return 0
+    # a good answer is exactly two lines: the IP and the port
+    [ "$(printf '%s\n' "$reply" | wc -l)" -eq 2 ] || return 0
+    reply=$(printf '%s\n' "$reply" | tr -d '\r' | paste -sd: -)
+    valid_addr "$reply" && printf '%s\n' "$reply"
+}
+
+# sentinel_majority -> prints the address a strict majority of the configured Sentinels agree on.
+sentinel_majority() {
+    local s total=0 answers=()
+    for s in $SENTINELS; do total=$((total + 1)); done
+    # ask them all at once: the answer then takes one timeout at worst, not one per dead Sentinel
+    local tmp; tmp=$(mktemp) || return 0
+    for s in $SENTINELS; do ask_sentinel "$s" >>"$tmp" & done
+    wait
+    mapfile -t answers <"$tmp"; rm -f "$tmp"
+    [ "${#answers[@]}" -gt 0 ] || return 0
+    printf '%s\n' "${answers[@]}" | sort | uniq -c | sort -rn | \
+        awk -v need=$((total / 2 + 1)) 'NR == 1 && $1 >= need { print $2 }'
+}
+
+# is_master "ip:port" -> 0 when the node itself says ROLE master.
+is_master() {
+    local role
+    role=$(timeout "$QUERY_TIMEOUT" redis-cli --no-auth-warning -h "${1%:*}" -p "${1##*:}" --raw ROLE 2>/dev/null \
+        | head -n1 | tr -d '\r')
+    [ "$role" = master ]
+}
+
+# cfg_master FILE -> the address of `server redis-master` inside `backend be_redis_master`.
+cfg_master() {
+    awk '/^[ \t]*(backend|frontend|listen|defaults|global|peers|resolvers|userlist)[ \t]/ { inb = ($1 == "backend" && $2 == "be_redis_master") }
+         inb && $1 == "server" && $2 == "redis-master" { print $3; exit }' "$1"
+}
+
+# master_cli "command" -> HAProxy master CLI (all processes are reachable from it: @1, @!<pid>).
+master_cli() {
+    [ -S "$HAPROXY_MASTER_SOCKET" ] || return 1
+    printf '%s\n' "$1" | timeout 3 socat -t 2 stdio "UNIX-CONNECT:$HAPROXY_MASTER_SOCKET"
+}
+
+# runtime_master -> "ip:port" the current HAProxy worker uses for be_redis_master/redis-master.
+runtime_master() {
+    master_cli "@1 show servers state be_redis_master" 2>/dev/null | \
+        awk '$2 == "be_redis_master" && $4 == "redis-master" { print $5 ":" $19; exit }'
+}
+
+# worker_pids -> pids of the current and old HAProxy workers (old ones still hold sessions after a reload).
+worker_pids() {
+    master_cli "show proc" 2>/dev/null | awk '$2 == "worker" { print $1 }'
+}
+
+# follow_at_runtime "ip:port": route new connections to it now, and cut every session of every worker
+# to the previous address, before the reload (which alone would leave established sessions in place).
+follow_at_runtime() {
+    local addr=$1 pid
+    master_cli "@1 set server be_redis_master/redis-master addr ${addr%:*} port ${addr##*:}" >/dev/null || return 1
+    # the server was probably marked DOWN while the old master was dead: new address, fresh start
+    master_cli "@1 set server be_redis_master/redis-master health up" >/dev/null
+    [ "$KILL_OLD_SESSIONS" = 1 ] || return 0
+    for pid in $(worker_pids); do
+        master_cli "@!$pid shutdown sessions server be_redis_master/redis-master" >/dev/null
+    done
+}
+
+main() {
+    local new current running candidate
+    new=$(sentinel_majority)
+    if [ -z "$new" ]; then
+        log "no majority of Sentinels ($SENTINELS) agrees on a master of $MASTER_NAME; haproxy.cfg untouched"
+        return 3
+    fi
+    if ! known_node "$new"; then
+        log "Sentinels name $new, which is not a Redis node ($REDIS_NODES); haproxy.cfg untouched"
+        return 3
+    fi
+    current=$(cfg_master "$HAPROXY_CFG")
+    if ! valid_addr "${current:-x}"; then
+        log "no valid 'server redis-master' line in $HAPROXY_CFG; refusing to edit it"
+        return 2
+    fi
+    running=$(runtime_master)
+    if [ "$new" = "$current" ] && { [ -z "$running" ] || [ "$running" = "$new" ]; }; then
+        return 0  # nothing changed: no write, no reload
+    fi
+    if ! is_master "$new"; then
+        log "Sentinels name $new but it does not answer ROLE master; haproxy.cfg untouched"
+        return 3
+    fi
+    # HAProxy first, at runtime (the fast path: new connections go to the new master and no session stays
+    # on the old one from this moment); then the file, validated, and the reload that makes it durable
+    if [ "$new" != "$running" ]; then
+        log "switch be_redis_master: old master ${running:-$current} -> new master $new"
+        follow_at_runtime "$new" || log "runtime update failed (HAProxy down?); the file and reload follow"
+    fi
+    [ "$new" != "$current" ] || return 0  # the file was right already (a failed reload, a hand edit)
+    candidate="$HAPROXY_CFG.keybuzz-new"
+    # copy keeps owner and mode; only the one server line of be_redis_master changes
+    cp -p "$HAPROXY_CFG" "$candidate" || return 4
+    awk -v new="$new" '
+        /^[ \t]*(backend|frontend|listen|defaults|global|peers|resolvers|userlist)[ \t]/ { inb = ($1 == "backend" && $2 == "be_redis_master") }
+        inb && $1 == "server" && $2 == "redis-master" { sub(/[0-9.]+:[0-9]+/, new) }
+        { print }' "$HAPROXY_CFG" >"$candidate" || { rm -f "$candidate"; return 4; }
+    if [ "$(cfg_master "$candidate")" != "$new" ] || ! $HAPROXY_CHECK_CMD "$candidate" >/dev/null 2>&1; then
+        log "candidate config for $new is invalid; haproxy.cfg untouched, no reload"
+        rm -f "$candidate"
+        return 4
+    fi
+    mv -f "$candidate" "$HAPROXY_CFG" || return 4
+    log "haproxy.cfg: server redis-master $current -> $new (validated); reloading"
+    if ! $HAPROXY_RELOAD_CMD; then
+        log "reload failed (the running HAProxy was updated at runtime)"
+        return 4
+    fi
+    return 0
+}
+
+main

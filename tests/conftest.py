@@ -1,0 +1,87 @@
+"""Shared fixtures. The lab (keybuzz/lab/lab.py) for end-to-end tests marked `lab`:
+
+    @pytest.mark.lab
+    def test_something(lab):                 # lab = the keybuzz.lab.lab module, lab up, base OS deployed
+        assert lab.deploy("redis").ok
+        lab.exec("redis-01", "docker ps")
+
+The session brings the lab up from nothing (after a `down`), deploys the base OS layer, and at the
+end takes it down and fails if any container, network or volume of the lab is left.
+KEYBUZZ_LAB_KEEP=1 reuses a running lab and leaves it up (for working on a layer).
+
+While a `lab` test runs, os.environ carries lab.env() (KEYBUZZ_SERVERS, ... -> the lab); other tests
+see the environment they started with.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import pytest
+
+# The testcontainers reaper (ryuk) image cannot be pulled here: containers are removed by the tests.
+os.environ["TESTCONTAINERS_RYUK_DISABLED"] = "true"
+
+from keybuzz.lab import lab as lab_module  # noqa: E402
+
+_LAB_KEYS = tuple(lab_module.env())
+_ENV_BEFORE = {k: os.environ.get(k) for k in _LAB_KEYS}
+
+
+def _progress(message: str) -> None:
+    """Lab progress goes straight to the terminal / CI log: a from-scratch lab takes minutes."""
+    print(message, file=sys.__stderr__, flush=True)
+
+
+@dataclass
+class LabSession:
+    module: object
+    rows: list  # lab.LayerRow of the `up` this session did
+    up_seconds: float
+
+
+@pytest.fixture(scope="session")
+def lab_session():
+    keep = os.environ.get("KEYBUZZ_LAB_KEEP") == "1"
+    if not keep:
+        lab_module.down(progress=_progress)
+    start = time.monotonic()
+    rows = lab_module.up(["base_os"], progress=_progress)
+    seconds = time.monotonic() - start
+    os.environ.update(lab_module.env())
+    try:
+        if not all(r.green for r in rows):
+            pytest.fail("lab up failed:\n" + lab_module.table(rows, color=False) + "\n"
+                        + "\n".join("\n".join(r.detail.splitlines()[-40:]) for r in rows if not r.green))
+        yield LabSession(lab_module, rows, seconds)
+    finally:
+        for k, v in _ENV_BEFORE.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if not keep:
+            lab_module.down(progress=_progress)
+            left = {kind: names for kind, names in lab_module.leftovers().items() if names}
+            assert not left, f"lab down left Docker objects behind: {left}"
+
+
+@pytest.fixture(scope="session")
+def lab(lab_session):
+    """The keybuzz.lab.lab module, with the lab up and the base OS layer deployed."""
+    return lab_session.module
+
+
+@pytest.fixture(autouse=True)
+def _lab_env_only_in_lab_tests(request, monkeypatch):
+    """Tests that do not use the lab see the environment they started with, even mid-session."""
+    if {"lab", "lab_session"} & set(request.fixturenames):
+        return  # the session fixture has put lab.env() in os.environ
+    for k, v in _ENV_BEFORE.items():
+        if v is None:
+            monkeypatch.delenv(k, raising=False)
+        else:
+            monkeypatch.setenv(k, v)

@@ -1,0 +1,116 @@
+"""haproxy.cfg as the deploy renders it (templates/haproxy/haproxy.cfg.j2 via keybuzz.redisha): design §A
+(0.0.0.0 on 5432/6432/6379/5672, never 10.0.0.10), §C (be_redis_master), §D (be_rabbitmq verbatim), and
+`haproxy -c` on every config rendered for production (TBD addresses filled in) and for the lab."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from keybuzz.redisha import render_haproxy_cfg
+from keybuzz.servers import load_servers
+
+ROOT = Path(__file__).resolve().parent.parent
+
+DESIGN_D = """backend be_rabbitmq
+    mode tcp
+    option tcp-check
+    balance roundrobin
+    server queue-01 10.0.0.126:5672 check
+    server queue-02 10.0.0.127:5672 check
+    server queue-03 10.0.0.128:5672 check
+"""
+
+
+def _production_configs() -> dict[str, str]:
+    """One config per production HAProxy node; db/redis addresses are TBD in servers.tsv, so documentation
+    stand-ins are filled in (data only: nothing ever connects to them)."""
+    plan = load_servers(ROOT / "servers.tsv")
+    db = [(s.name, s.ip or f"10.0.0.{201 + n}") for n, s in enumerate(plan.group("db"))]
+    rabbitmq = [(s.name, s.ip) for s in plan.group("rabbitmq")]
+    return {s.name: render_haproxy_cfg(s.name, s.ip, "10.0.0.221:6379", db=db, rabbitmq=rabbitmq)
+            for s in plan.group("haproxy")}
+
+
+def _lab_config() -> str:
+    return render_haproxy_cfg("haproxy-01", "172.30.0.11", "172.30.0.21:6379", db=[],
+                              rabbitmq=[(f"queue-0{i}", f"172.30.0.{125 + i}") for i in (1, 2, 3)])
+
+
+def _active(cfg: str) -> str:
+    """The config without comment lines."""
+    return "\n".join(line for line in cfg.splitlines() if not line.lstrip().startswith("#"))
+
+
+def _block(cfg: str, header: str) -> list[str]:
+    lines = cfg.splitlines()
+    start = lines.index(header)
+    block = []
+    for line in lines[start + 1:]:
+        if not line.startswith(" ") or not line.strip():
+            break
+        block.append(line.strip())
+    return block
+
+
+def test_production_configs_exist_for_both_haproxy_nodes():
+    assert sorted(_production_configs()) == ["haproxy-01", "haproxy-02"]
+
+
+@pytest.mark.parametrize("name", ["haproxy-01", "haproxy-02"])
+def test_frontends_listen_on_0000_for_the_four_ports_and_never_on_the_lb_address(name):
+    cfg = _production_configs()[name]
+    binds = re.findall(r"^\s*bind\s+(\S+)", cfg, re.MULTILINE)
+    assert {"0.0.0.0:5432", "0.0.0.0:6432", "0.0.0.0:6379", "0.0.0.0:5672"} <= set(binds)
+    assert not [b for b in binds if b.startswith("10.0.0.10:") or b.startswith("10.0.0.20:")]
+    assert "10.0.0.10" not in _active(cfg)  # not even in an ACL
+    # the only other listener is the stats page, on loopback and the host's own private address
+    assert set(binds) - {"0.0.0.0:5432", "0.0.0.0:6432", "0.0.0.0:6379", "0.0.0.0:5672"} == {
+        "127.0.0.1:8404", f"{load_servers(ROOT / 'servers.tsv').get(name).ip}:8404"}
+
+
+def test_be_redis_master_is_exactly_the_design_backend():
+    cfg = _production_configs()["haproxy-01"]
+    assert _block(cfg, "backend be_redis_master") == [
+        "mode tcp", "option tcp-check", "server redis-master 10.0.0.221:6379 check"]
+    assert _active(cfg).count("server redis-master") == 1
+
+
+def test_be_rabbitmq_is_the_design_text_verbatim():
+    assert DESIGN_D in _production_configs()["haproxy-01"]
+
+
+def test_postgres_and_pgbouncer_backends_come_from_the_db_group():
+    cfg = _production_configs()["haproxy-01"]
+    assert _block(cfg, "backend be_postgres")[-3:] == [f"server db-0{i} 10.0.0.{200 + i}:5432 check" for i in (1, 2, 3)]
+    assert _block(cfg, "backend be_pgbouncer")[-3:] == [
+        f"server db-0{i} 10.0.0.{200 + i}:6432 check" for i in (1, 2, 3)]
+
+
+def test_a_malformed_master_address_is_refused_at_render_time():
+    for bad in ("", "10.0.0.21", "10.0.0.256:6379", "redis-01:6379"):
+        with pytest.raises(ValueError):
+            render_haproxy_cfg("haproxy-01", "10.0.0.11", bad, db=[], rabbitmq=[])
+
+
+@pytest.mark.containers
+def test_every_rendered_config_passes_haproxy_check():
+    """`haproxy -c` (the lab image's HAProxy) on the production configs of both nodes and the lab's."""
+    from keybuzz.lab import images
+
+    image = images.build("haproxy", progress=lambda m: None)
+    configs = {**_production_configs(), "lab": _lab_config()}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, text in configs.items():
+            Path(tmp, f"{name}.cfg").write_text(text)
+        os.chmod(tmp, 0o755)
+        script = " && ".join(f"haproxy -c -f /cfg/{name}.cfg" for name in configs)
+        proc = subprocess.run(["docker", "run", "--rm", "--network", "none", "-v", f"{tmp}:/cfg:ro", "--entrypoint",
+                               "sh", image, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("Configuration file is valid") == len(configs)

@@ -1,0 +1,287 @@
+"""HAProxy follows Redis failovers (design §C), on real containers: 3 Redis + 3 Sentinel + HAProxy started
+from the project's rendered files, with the real redis-update-master.sh and redis-master-watch.sh running
+inside the HAProxy container (keybuzz/redis_testbed.py). Sentinel down-after is 2 s here (production: 5 s).
+
+Tests share one testbed (module fixture) and each leaves it healthy: 3 Redis up, 3 Sentinels up,
+followers running. About 2-3 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import redis
+
+os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+
+from keybuzz.redis_testbed import Testbed  # noqa: E402
+
+pytestmark = pytest.mark.containers
+
+DOWN_AFTER_MS = 2000
+# kill -> Sentinel decision (down-after + election) -> HAProxy switch: generous bound for a busy CI machine
+SWITCH_BOUND_S = DOWN_AFTER_MS / 1000 + 8
+
+
+@pytest.fixture(scope="module")
+def tb():
+    with Testbed(down_after_ms=DOWN_AFTER_MS, watch=True, timer_s=15) as testbed:
+        testbed.wait_ready()
+        testbed.start_followers()
+        testbed.wait_for(lambda: "subscribe" not in testbed.logs(), 5)
+        yield testbed
+
+
+def _heal(tb: Testbed) -> None:
+    """Every container running again, replication and Sentinel discovery complete, HAProxy on the master."""
+    for c in tb.containers.values():
+        w = c.get_wrapped_container()
+        w.reload()
+        if w.status == "paused":
+            w.unpause()
+        elif w.status != "running":
+            w.start()
+    master = tb.wait_for(tb.sentinel_master, 30, what="Sentinel majority")
+
+    def healed():
+        info = tb.redis_client(master.split(":")[0]).info("replication")
+        return info.get("connected_slaves") == 2 and tb.cfg_master() == master and tb.runtime_master() == master
+    tb.wait_for(healed, 40, 0.3, "replicas reattached and HAProxy on the master")
+
+
+def _switched_away_from(tb: Testbed, old: str) -> str:
+    """Wait until haproxy.cfg and the running HAProxy name a new master; return it."""
+    def moved():
+        cfg, run = tb.cfg_master(), tb.runtime_master()
+        return cfg if cfg and cfg != old and cfg == run else None
+    return tb.wait_for(moved, SWITCH_BOUND_S, 0.05, f"HAProxy leaving {old}")
+
+
+def _run_id(client: redis.Redis) -> str:
+    return client.info("server")["run_id"]
+
+
+def test_kill_master_writes_through_haproxy_resume_on_the_new_master(tb):
+    old_i = tb.master_index()
+    old = f"{tb.redis_ips[old_i]}:6379"
+    lb = tb.lb_client(timeout=0.5)
+    lb.set("before-kill", "1")
+    start = time.monotonic()
+    tb.kill_redis(old_i)
+    new = _switched_away_from(tb, old)
+    switched_s = time.monotonic() - start
+
+    def write():
+        try:
+            return lb.set("after-kill", "1")
+        except (redis.RedisError, OSError):
+            return False
+    tb.wait_for(write, 5, 0.05, "a write through HAProxy")
+    gap = time.monotonic() - start
+    new_node = tb.redis_client(new.split(":")[0])
+    assert new_node.execute_command("ROLE")[0] == "master"
+    assert new_node.get("after-kill") == "1" and new_node.get("before-kill") == "1"
+    assert _run_id(lb) == _run_id(new_node)  # HAProxy really routes to it
+    assert "old master " + old + " -> new master " + new in tb.logs()  # each switch logged, old and new
+    print(f"kill -> HAProxy switched {switched_s:.2f} s, first write through HAProxy {gap:.2f} s")
+    assert gap < SWITCH_BOUND_S
+
+
+def test_old_master_rejoins_as_replica_and_haproxy_never_sends_it_a_write(tb):
+    dead = [i for i in range(3) if tb.role(tb.redis_ips[i]) is None]
+    assert dead, "the previous test leaves the killed master down"
+    old_ip = tb.redis_ips[dead[0]]
+    master = tb.sentinel_master()
+    lb = tb.lb_client(timeout=0.5)
+    tb.start_redis(dead[0])
+    deadline = time.monotonic() + 20
+    written, seen_cfg, rejoined = 0, set(), False
+    while time.monotonic() < deadline:
+        lb.set(f"rejoin-{written}", written)  # must never fail nor land on the old master
+        written += 1
+        seen_cfg.add(tb.cfg_master())
+        if not rejoined and tb.role(old_ip) == "slave":
+            rejoined = True
+            deadline = min(deadline, time.monotonic() + 3)  # keep writing a little after the rejoin
+        time.sleep(0.05)
+    assert rejoined, "old master did not become a replica"
+    assert seen_cfg == {master}
+    # the old master received these keys only by replication: no HAProxy client ever ran a command on it
+    clients = tb.redis_client(old_ip).execute_command("CLIENT", "LIST")
+    assert not [c for c in clients.splitlines() if f"addr={tb.haproxy_ip}:" in c and "cmd=NULL" not in c]
+    new_node = tb.redis_client(master.split(":")[0])
+    assert all(new_node.get(f"rejoin-{i}") == str(i) for i in range(written))
+    _heal(tb)
+
+
+def test_failovers_are_followed_with_the_sentinel_of_redis_01_down(tb):
+    _heal(tb)
+    tb.kill_sentinel(0)
+    old_i = tb.master_index()  # two Sentinels left: still a majority of 3
+    old = f"{tb.redis_ips[old_i]}:6379"
+    tb.kill_redis(old_i)
+    new = _switched_away_from(tb, old)
+    tb.wait_for(lambda: tb.lb_client(0.5).set("no-sentinel-1", "1"), 5, 0.1, "a write through HAProxy")
+    assert tb.redis_client(new.split(":")[0]).get("no-sentinel-1") == "1"
+    _heal(tb)
+
+
+def _fake_sentinels(tb: Testbed, replies: list[str]) -> str:
+    """Start fake Sentinels inside the HAProxy container (ports 27001..), one per raw RESP reply (sent after
+    the +OK that answers redis-cli's AUTH); returns the SENTINELS value naming them."""
+    tb.exec("haproxy", "pkill -f 'TCP-LISTEN:270' ; true")
+    addrs = []
+    for n, reply in enumerate(replies):
+        port = 27001 + n
+        fake = tb.dir / "haproxy" / "bin" / f"fake-sentinel-{port}"
+        fake.with_suffix(".reply").write_bytes(("+OK\r\n" + reply).encode())
+        fake.write_text(f"#!/bin/sh\ncat /usr/local/keybuzz-bin/{fake.name}.reply\nsleep 0.3\n")
+        fake.chmod(0o755)
+        tb.exec("haproxy", f"setsid nohup socat TCP-LISTEN:{port},fork,reuseaddr "
+                           f"EXEC:/usr/local/keybuzz-bin/{fake.name} >/dev/null 2>&1 &")
+        addrs.append(f"127.0.0.1:{port}")
+    time.sleep(0.3)
+    return " ".join(addrs)
+
+
+def _addr_reply(ip: str, port: str = "6379") -> str:
+    return f"*2\r\n${len(ip)}\r\n{ip}\r\n${len(port)}\r\n{port}\r\n"
+
+
+@pytest.mark.parametrize("case", ["unreachable", "not-sentinels", "garbage", "no-majority", "majority-names-replica",
+                                  "majority-names-unknown-node", "malformed-address", "empty-answers"])
+def test_bad_sentinel_answers_leave_haproxy_cfg_untouched_and_haproxy_serving(tb, case):
+    _heal(tb)
+    master = tb.cfg_master()
+    replica = next(ip for ip in tb.redis_ips if f"{ip}:6379" != master)
+    if case == "unreachable":
+        sentinels = " ".join(tb.ip(n) for n in (97, 98, 99))  # nobody there (own test subnet)
+    elif case == "not-sentinels":
+        sentinels = " ".join(f"{ip}:6379" for ip in tb.redis_ips)  # Redis answers ERR unknown command
+    elif case == "garbage":
+        sentinels = _fake_sentinels(tb, ["garbage\r\n", "*2\r\n$3\r\nabc\r\n$2\r\nxx\r\n", "-ERR no\r\n"])
+    elif case == "no-majority":
+        sentinels = _fake_sentinels(tb, [_addr_reply(ip) for ip in tb.redis_ips])
+    elif case == "majority-names-replica":
+        sentinels = _fake_sentinels(tb, [_addr_reply(replica)] * 3)
+    elif case == "majority-names-unknown-node":
+        sentinels = _fake_sentinels(tb, [_addr_reply(tb.ip(77))] * 3)
+    elif case == "malformed-address":
+        sentinels = _fake_sentinels(tb, [_addr_reply("999.1.1.1")] * 2 + [_addr_reply("1.2.3", "x")])
+    else:
+        sentinels = _fake_sentinels(tb, ["*-1\r\n", "*0\r\n", "$0\r\n\r\n"])
+    before_cfg, before_pids = tb.haproxy_cfg(), tb.haproxy_pids()
+    rc, out = tb.update({"SENTINELS": sentinels})
+    assert rc == 3, out
+    expected = {"majority-names-replica": "does not answer ROLE master",
+                "majority-names-unknown-node": "which is not a Redis node"}.get(case, "no majority of Sentinels")
+    assert expected in out  # refused for the right reason, not by accident
+    assert tb.haproxy_cfg() == before_cfg
+    assert tb.haproxy_pids() == before_pids  # no reload
+    assert tb.runtime_master() == master
+    assert tb.lb_client().set(f"serving-{case}", "1")
+    tb.exec("haproxy", "pkill -f 'TCP-LISTEN:270' ; true")
+
+
+def test_nothing_happens_when_the_master_did_not_change(tb):
+    _heal(tb)
+    before_cfg, before_pids = tb.haproxy_cfg(), tb.haproxy_pids()
+    mtime = (tb.dir / "haproxy/conf/haproxy.cfg").stat().st_mtime_ns
+    for _ in range(2):
+        rc, out = tb.update()
+        assert (rc, out) == (0, "")
+    assert tb.haproxy_cfg() == before_cfg and tb.haproxy_pids() == before_pids
+    assert (tb.dir / "haproxy/conf/haproxy.cfg").stat().st_mtime_ns == mtime
+
+
+def _point_cfg_at(tb: Testbed, addr: str) -> None:
+    """Make haproxy.cfg stale (as after a missed failover), without touching the running HAProxy."""
+    path = tb.dir / "haproxy/conf/haproxy.cfg"
+    current = tb.cfg_master()
+    path.write_text(path.read_text().replace(f"server redis-master {current} check",
+                                             f"server redis-master {addr} check"))
+
+
+def test_an_invalid_candidate_config_is_never_installed_and_a_valid_one_is(tb):
+    _heal(tb)
+    master = tb.cfg_master()
+    replica = next(f"{ip}:6379" for ip in tb.redis_ips if f"{ip}:6379" != master)
+    _point_cfg_at(tb, replica)
+    stale = tb.haproxy_cfg()
+    rc, out = tb.update({"HAPROXY_CHECK_CMD": "false"})  # haproxy -c says no
+    assert rc == 4 and "invalid" in out
+    assert tb.haproxy_cfg() == stale
+    assert not (tb.dir / "haproxy/conf/haproxy.cfg.keybuzz-new").exists()
+    rc, out = tb.update()
+    assert rc == 0 and f"server redis-master {replica} -> {master} (validated)" in out
+    assert tb.cfg_master() == master
+    rc, out = tb.exec("haproxy", "haproxy -c -q -f /usr/local/etc/haproxy/haproxy.cfg")
+    assert rc == 0, out
+
+
+def test_one_run_at_a_time(tb):
+    _heal(tb)
+    tb.exec("haproxy", "setsid nohup flock /tmp/redis-update-master.lock sleep 2 >/dev/null 2>&1 &")
+    time.sleep(0.2)
+    start = time.monotonic()
+    rc, _ = tb.update()
+    assert rc == 0 and time.monotonic() - start >= 1.5  # it waited for the holder
+
+
+def test_reload_keeps_established_sessions_of_other_backends(tb):
+    _heal(tb)
+    amqp_standin = redis.Redis(host=tb.haproxy_ip, port=5672, socket_timeout=2, retry=None)
+    conn = amqp_standin.connection_pool.get_connection()
+    conn.send_command("PING")
+    assert conn.read_response() == b"PONG"
+    pids = tb.haproxy_pids()
+    rc, _ = tb.exec("haproxy", "kill -USR2 1")  # what `systemctl reload haproxy` sends (ExecReload)
+    assert rc == 0
+    tb.wait_for(lambda: tb.haproxy_pids() != pids, 10, 0.1, "a new HAProxy worker")
+    conn.send_command("PING")  # the same TCP connection, now served by the old worker
+    assert conn.read_response() == b"PONG"
+    amqp_standin.connection_pool.release(conn)
+
+
+def _pre_failover_connection_after_isolation(tb: Testbed):
+    """Open a raw connection through HAProxy, isolate (pause) the master until HAProxy has switched, bring
+    it back; return (connection, old master ip)."""
+    old_i = tb.master_index()
+    old_ip = tb.redis_ips[old_i]
+    conn = redis.Connection(host=tb.haproxy_ip, port=6379, password=tb.password, socket_timeout=2, retry=None)
+    conn.connect()
+    conn.send_command("SET", "pre-failover", "before")
+    assert conn.read_response() == b"OK"
+    tb.pause_redis(old_i)  # alive but cut off: its established sessions stay open
+    _switched_away_from(tb, f"{old_ip}:6379")
+    tb.unpause_redis(old_i)
+    return conn, old_ip
+
+
+def test_a_connection_opened_before_the_failover_cannot_write_to_the_demoted_master(tb):
+    _heal(tb)
+    conn, old_ip = _pre_failover_connection_after_isolation(tb)
+    with pytest.raises((redis.ConnectionError, OSError)):
+        conn.send_command("SET", "pre-failover", "after")
+        conn.read_response()
+    assert tb.redis_client(old_ip).get("pre-failover") != "after"
+    _heal(tb)
+
+
+def test_without_the_session_shutdown_the_old_connection_would_stay_on_the_demoted_master(tb):
+    """Proves the previous test can fail: with KILL_OLD_SESSIONS=0 (and nothing else changed) a connection
+    opened before the failover is still attached to the old master after HAProxy switched."""
+    _heal(tb)
+    conf = "/etc/keybuzz/redis-update-master.conf"
+    tb.exec("haproxy", f"cp {conf} /tmp/conf.bak && echo KILL_OLD_SESSIONS=0 >>{conf}")
+    try:
+        conn, old_ip = _pre_failover_connection_after_isolation(tb)
+        conn.send_command("INFO", "server")
+        info = conn.read_response().decode()
+        assert f"run_id:{_run_id(tb.redis_client(old_ip))}" in info  # still talking to the demoted master
+        conn.disconnect()
+    finally:
+        tb.exec("haproxy", f"cp /tmp/conf.bak {conf}")
+    _heal(tb)

@@ -1,0 +1,202 @@
+"""RabbitMQ layer end to end in the lab (marker `lab`): deploy through SSH with the production code, no
+secret at -vvv, diag green, a second run changes nothing and restarts nothing, a changed config is
+rolled one node at a time under load, the leader's host dies mid-stream (no confirmed message lost,
+the publisher resumes through the load-balancer stand-in 172.30.0.10), the host comes back and its
+node rejoins by itself, the failover and perf checks pass.
+
+Order matters (one lab per session): the tests run top to bottom and each leaves the cluster healthy.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from keybuzz import credentials
+from keybuzz.amqp import ConfirmedPublisher, Consumer, Endpoint, Management, delete_queue, leader_of, wait_members
+
+os.environ["TESTCONTAINERS_RYUK_DISABLED"] = "true"
+
+pytestmark = pytest.mark.lab
+
+QUEUE_HOSTS = {"queue-01": "172.30.0.126", "queue-02": "172.30.0.127", "queue-03": "172.30.0.128"}
+LB = "172.30.0.10"
+GAP_TARGET_S = 10.0
+CONF = "/opt/keybuzz/rabbitmq/conf/rabbitmq.conf"
+
+
+def _creds() -> dict:
+    return credentials.load("rabbitmq")
+
+
+def _apis() -> list[Management]:
+    c = _creds()
+    return [Management(ip, c["RABBITMQ_USER"].unmask(), c["RABBITMQ_PASSWORD"], timeout=3)
+            for ip in QUEUE_HOSTS.values()]
+
+
+def _lb() -> Endpoint:
+    c = _creds()
+    return Endpoint(LB, 5672, c["RABBITMQ_USER"].unmask(), c["RABBITMQ_PASSWORD"])
+
+
+def _members(seconds: float = 180) -> list[str]:
+    return wait_members(_apis(), 3, seconds)
+
+
+def _started_at(lab, name: str) -> str:
+    """When the node's container started (only this field of docker inspect: no env printed)."""
+    return lab.exec(name, "docker inspect -f '{{.State.StartedAt}}' rabbitmq").stdout.strip()
+
+
+def _check(lab, kind: str):
+    from keybuzz.checks import Target
+    from keybuzz.checks import rabbitmq as checks
+
+    with lab.lab_environ():
+        return getattr(checks, kind)(Target.from_env())
+
+
+def _secrets_absent(output: str) -> None:
+    c = _creds()
+    for var in ("RABBITMQ_PASSWORD", "RABBITMQ_ERLANG_COOKIE"):
+        assert c[var].unmask() not in output, f"{var} printed"
+
+
+@pytest.fixture(scope="module")
+def deployed(lab):
+    """The rabbitmq layer at -vvv (output checked for secrets), then the HAProxy layer in front of it."""
+    with lab.lab_environ():
+        rabbit = lab.deploy("rabbitmq", verbose=3)
+        assert rabbit.ok, f"layer rabbitmq failed:\n{rabbit.output[-6000:]}"
+        haproxy = lab.deploy("haproxy")
+        assert haproxy.ok, f"layer haproxy failed:\n{haproxy.output[-4000:]}"
+    return rabbit
+
+
+def test_first_deploy_prints_no_secret_at_vvv(lab, deployed):
+    _secrets_absent(deployed.output)
+
+
+def test_diag_green_three_members_quorum_default(lab, deployed):
+    report = _check(lab, "diag")
+    assert report.ok, str(report)
+    assert _members() == [f"rabbit@{n}" for n in QUEUE_HOSTS]
+    assert any("default queue type quorum" in line for line in report.lines), str(report)
+
+
+def test_secret_files_are_owner_only_and_not_on_command_lines(lab, deployed):
+    for name in QUEUE_HOSTS:
+        modes = lab.exec(name, "stat -c '%a %u' /opt/keybuzz/rabbitmq/data/.erlang.cookie "
+                               "/opt/keybuzz/rabbitmq/conf/conf.d/20-keybuzz-user.conf").stdout.split("\n")
+        assert [m for m in modes if m] == ["400 999", "400 999"], modes
+        _secrets_absent(lab.exec(name, "ps -eo args; cat /etc/systemd/system/rabbitmq.service").stdout)
+
+
+def test_second_run_changes_nothing_restarts_nothing(lab, deployed):
+    before = {n: _started_at(lab, n) for n in QUEUE_HOSTS}
+    with lab.lab_environ():
+        again = lab.deploy("rabbitmq", verbose=2)
+    assert again.ok, again.output[-4000:]
+    assert again.changes == 0, f"second run changed {again.changes} operations:\n{again.output[-4000:]}"
+    assert {n: _started_at(lab, n) for n in QUEUE_HOSTS} == before
+    _secrets_absent(again.output)
+
+
+def _stream(queue: str, name: str):
+    """A running confirmed publisher + consumer through the LB; returns (publisher, consumer, stop, thread)."""
+    consumer = Consumer(_lb(), queue).start()
+    publisher = ConfirmedPublisher(_lb(), queue, name=name)
+    stop = threading.Event()
+    worker = threading.Thread(target=publisher.run, kwargs={"seconds": 600, "stop": stop}, daemon=True)
+    worker.start()
+    return publisher, consumer, stop, worker
+
+
+def _until(predicate, seconds: float, what: str):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not within {seconds} s")
+
+
+def _finish(publisher, consumer, stop, worker, queue: str):
+    stop.set()
+    worker.join(30)
+    missing = consumer.wait_for(publisher.result.confirmed, seconds=60)
+    consumer.stop()
+    delete_queue(_lb(), queue)
+    return publisher.result, missing
+
+
+def test_changed_config_is_rolled_one_node_at_a_time_without_loss(lab, deployed):
+    """Drift on every node's rabbitmq.conf: the deploy rewrites it and restarts the nodes one by one,
+    each only when the cluster can spare it; a stream through the LB loses nothing."""
+    for name in QUEUE_HOSTS:
+        lab.exec(name, f"echo '# drift' >> {CONF}")
+    before = {n: _started_at(lab, n) for n in QUEUE_HOSTS}
+    queue = "kb.lab.rolling"
+    publisher, consumer, stop, worker = _stream(queue, "kb-lab-rolling")
+    try:
+        _until(lambda: len(publisher.result.confirmed) >= 100, 30, "100 confirms")
+        with lab.lab_environ():
+            rolled = lab.deploy("rabbitmq")
+        assert rolled.ok, rolled.output[-4000:]
+        after = {n: _started_at(lab, n) for n in QUEUE_HOSTS}
+        assert all(after[n] != before[n] for n in QUEUE_HOSTS), (before, after)
+        # one at a time: each node started after the previous one had rejoined (start times apart)
+        starts = sorted(after.values())
+        assert len(set(starts)) == 3
+        at = len(publisher.result.confirmed)
+        _until(lambda: len(publisher.result.confirmed) >= at + 100, 60, "confirms after the rolling restart")
+    finally:
+        result, missing = _finish(publisher, consumer, stop, worker, queue)
+    assert not missing, f"{len(missing)} confirmed messages lost during the rolling restart"
+    assert _members() == [f"rabbit@{n}" for n in QUEUE_HOSTS]
+    print(f"\nrolling restart: confirmed {len(result.confirmed)}, max gap {result.max_gap:.2f}s, "
+          f"reconnects {result.reconnects}")
+
+
+def test_leader_host_dies_mid_stream_no_loss_and_it_rejoins(lab, deployed):
+    queue = "kb.lab.failover"
+    ConfirmedPublisher(_lb(), queue).run(count=1, seconds=30)
+    leader = leader_of(_apis(), queue)
+    assert leader
+    victim = leader.split("@", 1)[1]
+    publisher, consumer, stop, worker = _stream(queue, "kb-lab-failover")
+    try:
+        _until(lambda: len(publisher.result.confirmed) >= 300, 30, "300 confirms before the stop")
+        at = len(publisher.result.confirmed)
+        lab.stop_host(victim)
+        _until(lambda: len(publisher.result.confirmed) >= at + 300, 60, "300 confirms after the host stopped")
+        lab.start_host(victim)
+        # the host boots, systemd starts rabbitmq.service, the node rejoins: no manual step
+        assert _members(240) == [f"rabbit@{n}" for n in QUEUE_HOSTS]
+    finally:
+        result, missing = _finish(publisher, consumer, stop, worker, queue)
+    print(f"\nlab failover ({victim} stopped): confirmed {len(result.confirmed)}, max gap {result.max_gap:.2f}s, "
+          f"reconnects {result.reconnects}, missing {len(missing)}")
+    assert not missing
+    assert result.max_gap <= GAP_TARGET_S
+    with lab.lab_environ():
+        again = lab.deploy("rabbitmq")
+    assert again.ok and again.changes == 0, again.output[-4000:]
+
+
+def test_failover_check_passes(lab, deployed):
+    report = _check(lab, "failover")
+    print(f"\n{report}")
+    assert report.ok, str(report)
+    assert report.metrics["lost"] == 0
+
+
+def test_perf_check_passes(lab, deployed):
+    report = _check(lab, "perf")
+    print(f"\n{report}")
+    assert report.ok, str(report)
+    _secrets_absent(str(report))

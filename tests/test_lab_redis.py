@@ -1,0 +1,170 @@
+"""Redis + HAProxy layers end to end in the lab (marker `lab`): deploy, diag, no secret at -vvv/--debug,
+second runs change nothing, failovers seen through the load-balancer stand-in (172.30.0.10).
+
+Order matters (one lab per session): the tests run top to bottom and each leaves the cluster healthy.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from keybuzz import credentials
+from keybuzz.redisha import REDIS_PORT, WriteProbe, majority, no_retry_client
+
+os.environ["TESTCONTAINERS_RYUK_DISABLED"] = "true"
+
+pytestmark = pytest.mark.lab
+
+REDIS_HOSTS = {"redis-01": "172.30.0.21", "redis-02": "172.30.0.22", "redis-03": "172.30.0.23"}
+LB = "172.30.0.10"
+
+
+def _password(lab) -> str:
+    return credentials.load("redis")["REDIS_PASSWORD"].unmask()
+
+
+def _sentinel_master(lab) -> str | None:
+    from keybuzz.redisha import ask_sentinels
+
+    return majority(ask_sentinels(list(REDIS_HOSTS.values()), _password(lab)), 3)
+
+
+def _wait(predicate, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"{what}: not within {timeout} s")
+
+
+def _diag(lab):
+    from keybuzz.checks import Target
+    from keybuzz.checks.redis import diag
+
+    with lab.lab_environ():
+        return diag(Target.from_env())
+
+
+def _healthy(lab) -> bool:
+    report = _diag(lab)
+    return report.ok and all("link=up" in line or " master " in line for line in report.lines if "redis-0" in line
+                             and "sentinel" not in line)
+
+
+@pytest.fixture(scope="module")
+def deployed(lab):
+    """Both layers deployed once, at -vvv (the output is checked for the password below)."""
+    results = {name: lab.deploy(name, verbose=3) for name in ("redis", "haproxy")}
+    for name, r in results.items():
+        assert r.ok, f"layer {name} failed:\n{r.output[-4000:]}"
+    return results
+
+
+def test_first_deploy_prints_no_secret_at_vvv(lab, deployed):
+    password = _password(lab)
+    for name, r in deployed.items():
+        assert password not in r.output, f"REDIS_PASSWORD printed by layer {name}"
+
+
+def test_diag_is_green_and_redis_01_is_the_first_master(lab, deployed):
+    report = _diag(lab)
+    assert report.ok, str(report)
+    assert _sentinel_master(lab) == f"{REDIS_HOSTS['redis-01']}:{REDIS_PORT}"
+
+
+def test_second_runs_change_nothing_and_print_no_secret_at_debug(lab, deployed):
+    import subprocess
+
+    from keybuzz import ROOT
+
+    password = _password(lab)
+    for name in ("redis", "haproxy"):
+        proc = subprocess.run([str(ROOT / ".venv/bin/pyinfra"), "-y", "-vvv", "--debug", "inventory.py",
+                               f"deploys/{name}.py"], cwd=ROOT, env={**os.environ, **lab.env()},
+                              capture_output=True, text=True, timeout=900)
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == 0, output[-4000:]
+        assert password not in output, f"REDIS_PASSWORD printed by layer {name} at --debug"
+        assert lab.parse_changes(output) == 0, f"second run of {name} changed something:\n{output[-3000:]}"
+    # what Sentinel wrote into its own file survived the re-run
+    for host in REDIS_HOSTS:
+        conf = lab.exec(host, "cat /opt/keybuzz/redis/sentinel/sentinel.conf").stdout
+        assert "sentinel known-replica keybuzz-master" in conf and "sentinel known-sentinel" in conf
+
+
+def test_files_holding_the_password_are_root_or_redis_only(lab, deployed):
+    for host in REDIS_HOSTS:
+        out = lab.exec(host, "stat -c '%a %u:%g %n' /etc/keybuzz/redis.env /opt/keybuzz/redis/conf/redis.conf "
+                             "/opt/keybuzz/redis/sentinel/sentinel.conf").stdout.split("\n")
+        assert out[0].startswith("600 0:0 ") and out[1].startswith("600 999:1000 "), out
+        assert out[2].startswith("600 999:"), out
+        assert _password(lab) not in lab.exec(host, "ps -eo args").stdout
+    out = lab.exec("haproxy-01", "stat -c '%a %u:%g' /etc/keybuzz/redis.env").stdout.strip()
+    assert out == "600 0:0"
+    assert _password(lab) not in lab.exec("haproxy-01", "ps -eo args").stdout
+
+
+def test_reload_works_with_the_containerised_haproxy(lab, deployed):
+    for host in ("haproxy-01", "haproxy-02"):
+        r = lab.exec(host, "systemctl reload haproxy && systemctl is-active haproxy")
+        assert r.returncode == 0 and r.stdout.strip() == "active", r.stdout + r.stderr
+
+
+def _kill_and_measure(lab, host: str, how: str) -> tuple[float, str]:
+    """Kill `host`'s Redis (`how`: 'container' = docker kill on the host, 'host' = the whole host stops) while
+    writing through the LB stand-in; returns (write gap s, new master)."""
+    probe = WriteProbe(LB, REDIS_PORT, _password(lab), prefix="keybuzz:labtest:", ttl=300, max_seconds=120).start()
+    time.sleep(2)
+    t0 = time.monotonic()
+    if how == "container":
+        lab.exec(host, "docker kill redis")
+    else:
+        lab.stop_host(host, timeout=1)
+    _wait(lambda: probe.resumed_after(t0 + 0.5), 60, "writes through the LB stand-in resuming", 0.2)
+    time.sleep(1)
+    probe.stop()
+    gap = probe.gap(t0, t0 + 0.5)
+    new = _sentinel_master(lab)
+    master = no_retry_client(new.split(":")[0], REDIS_PORT, _password(lab), timeout=2)
+    lost_acked = probe.lost(master)[0]
+    master.close()
+    assert lost_acked == 0
+    print(f"{how} kill of {host}: write gap through the LB {gap:.2f} s, master now {new}")
+    return gap, new
+
+
+def test_killing_the_master_container_on_its_host_writes_resume(lab, deployed):
+    """systemd restarts the killed container (Restart=always) within seconds; with down-after 5 s Sentinel
+    may or may not fail over first: either way writes through the LB resume quickly."""
+    master_ip = _sentinel_master(lab).split(":")[0]
+    host = next(h for h, ip in REDIS_HOSTS.items() if ip == master_ip)
+    gap, _ = _kill_and_measure(lab, host, "container")
+    assert gap < 15
+    _wait(lambda: _healthy(lab), 60, "cluster healthy again")
+
+
+def test_a_stopped_master_host_fails_over_and_rejoins_as_replica(lab, deployed):
+    master_ip = _sentinel_master(lab).split(":")[0]
+    host = next(h for h, ip in REDIS_HOSTS.items() if ip == master_ip)
+    gap, new = _kill_and_measure(lab, host, "host")
+    assert new.split(":")[0] != master_ip and gap < 15
+    lab.start_host(host)
+    _wait(lambda: _healthy(lab), 120, "old master back as a replica, diag green")
+    assert _sentinel_master(lab) == new  # it came back as a replica: no second failover
+
+
+def test_check_failover_and_perf_work_against_the_lab(lab, deployed):
+    from keybuzz.checks import Target
+    from keybuzz.checks.redis import failover, perf
+
+    with lab.lab_environ():
+        report = failover(Target.from_env())
+        assert report.ok, str(report)
+        assert report.metrics["lost_replicated"] == 0
+        report = perf(Target.from_env())
+        assert report.ok, str(report)
