@@ -43,6 +43,7 @@ from keybuzz.redisha import (
     render_update_conf,
     valid_addr,
 )
+from keybuzz.redisha_ops import owned_directory
 from keybuzz.render import render
 
 ctx = layer_context("haproxy")
@@ -113,8 +114,8 @@ apt.packages(name="Install redis-cli (redis-tools) and socat for redis-update-ma
 
 files.directory(name="Create /etc/keybuzz", path="/etc/keybuzz", user="root", group="root", mode="755")
 files.directory(name=f"Create {HAPROXY_CONF_DIR}", path=HAPROXY_CONF_DIR, user="root", group="root", mode="755")
-files.directory(name=f"Create {HAPROXY_RUN_DIR} (sockets, haproxy user only)", path=HAPROXY_RUN_DIR,
-                user=HAPROXY_UID, group=HAPROXY_UID, mode="750")
+owned_directory(name=f"Create {HAPROXY_RUN_DIR} (sockets, haproxy user only)", path=HAPROXY_RUN_DIR,
+                uid=HAPROXY_UID, gid=HAPROXY_UID, mode="750")
 
 env_op = secret_file(name=f"Install {REDIS_ENV_FILE} (REDIS_PASSWORD for the Sentinel queries, root 0600)",
                      dest=REDIS_ENV_FILE, content=HiddenValue(env_file(PASSWORD.unmask())))

@@ -79,7 +79,8 @@ class RabbitmqSetupNeeded(FactBase):
     """
 
     def command(self, script):
-        return f"if [ -x {script} ]; then {script} setup-needed; else echo script-not-installed; fi"
+        # a failing script must read as "something to do" (then `setup` fails loudly), never as "nothing"
+        return f"if [ -x {script} ]; then {script} setup-needed || echo failed; else echo not-installed; fi"
 
     def process(self, output):
         return [line.strip() for line in output if line.strip()]

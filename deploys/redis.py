@@ -42,6 +42,7 @@ from keybuzz.redisha import (
     render_settings_file,
     sentinel_drift,
 )
+from keybuzz.redisha_ops import owned_directory
 from keybuzz.render import render
 
 ctx = layer_context("redis")
@@ -98,8 +99,8 @@ IS_MASTER = ME == MASTER
 
 files.directory(name="Create /etc/keybuzz", path="/etc/keybuzz", user="root", group="root", mode="755")
 for sub, mode in (("conf", "700"), ("data", "750"), ("sentinel", "700")):
-    files.directory(name=f"Create {REDIS_ROOT}/{sub} (redis 999:1000)", path=f"{REDIS_ROOT}/{sub}",
-                    user=UID, group=GID, mode=mode)
+    owned_directory(name=f"Create {REDIS_ROOT}/{sub} (redis 999:1000)", path=f"{REDIS_ROOT}/{sub}",
+                    uid=UID, gid=GID, mode=mode)
 
 env_op = secret_file(name=f"Install {REDIS_ENV_FILE} (REDIS_PASSWORD, root 0600)", dest=REDIS_ENV_FILE,
                      content=HiddenValue(env_file(PASSWORD.unmask())))

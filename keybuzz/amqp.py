@@ -23,6 +23,7 @@ import urllib.request
 from dataclasses import dataclass, field
 
 import pika
+from pika.adapters.utils.connection_workflow import AMQPConnectionWorkflowFailed, AMQPConnectorException
 from pika.exceptions import AMQPError
 
 try:  # pika's own exceptions cover AMQP; sockets can also fail with OSError
@@ -31,7 +32,8 @@ except ImportError:  # pragma: no cover - pyinfra is a dependency, this is only 
     HiddenValue = ()
 
 # What a broken connection / failed confirm raises; the loops reconnect on these and only these.
-RETRYABLE = (AMQPError, OSError, ConnectionError)
+# (pika's connection workflow can also surface its own AMQPConnector* errors, e.g. a handshake timeout.)
+RETRYABLE = (AMQPError, OSError, ConnectionError, AMQPConnectorException, AMQPConnectionWorkflowFailed)
 
 
 def _plain(secret) -> str:
@@ -252,7 +254,7 @@ class Consumer:
                         self.received.add(int(body))
                         self.deliveries += 1
                     channel.basic_ack(method.delivery_tag)
-            except RETRYABLE as e:
+            except Exception as e:  # noqa: BLE001 - the consumer must outlive any client error; recorded
                 self.reconnects += 1
                 if len(self.errors) < 20:
                     self.errors.append(_error(e))
@@ -367,26 +369,33 @@ def leader_of(apis, queue: str, vhost: str = "/", seconds: float = 30.0) -> str 
     return None
 
 
-def place_on_node(publisher: ConfirmedPublisher, node: str, apis, attempts: int = 9) -> bool:
+def place_on_node(publisher: ConfirmedPublisher, node: str, apis, attempts: int = 12,
+                  list_seconds: float = 20.0) -> str | None:
     """Reconnect `publisher` (through the load balancer) until its connection lands on `node`.
 
     Used to measure the worst case: the publisher's own connection dies with the leader's node.
-    HAProxy balances round robin, so a few attempts suffice; bounded by `attempts`.
+    HAProxy balances round robin, so a few attempts suffice; bounded by `attempts`, each waiting at
+    most `list_seconds` for the management API to list the connection (its statistics lag a few
+    seconds, more on a busy machine). Returns the node the connection is on at the end (== node
+    when placed; None if it was never listed).
     """
+    where = None
     for _ in range(attempts):
         publisher.open()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + list_seconds
         where = None
-        while where is None and time.monotonic() < deadline:  # the API lists a new connection after ~1 s
+        while where is None and time.monotonic() < deadline:
             for api in apis:
                 try:
                     where = api.connection_node(publisher.name)
-                    break
                 except RETRYABLE + (ValueError,):
                     continue
+                if where:
+                    break
             if where is None:
                 time.sleep(0.3)
         if where == node:
-            return True
+            return where
         publisher.drop()
-    return False
+    publisher.open()
+    return where

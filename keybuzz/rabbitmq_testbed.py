@@ -251,6 +251,23 @@ class Testbed:
             raise TimeoutError(f"no leader known for {queue}")
         return NAMES.index(leader.split("@", 1)[1])
 
+    def haproxy_up(self) -> list[str]:
+        """Servers of be_rabbitmq that HAProxy's own checks say are UP (stats socket, `show stat`)."""
+        out = subprocess.run(["docker", "exec", self.docker("haproxy").name, "sh", "-c",
+                              "echo 'show stat' | socat stdio /var/lib/haproxy/admin.sock"],
+                             capture_output=True, text=True, timeout=30).stdout.splitlines()
+        if not out:
+            return []
+        header = out[0].lstrip("# ").split(",")
+        rows = [dict(zip(header, line.split(","), strict=False)) for line in out[1:] if line]
+        return sorted(r["svname"] for r in rows if r.get("pxname") == "be_rabbitmq"
+                      and r.get("svname") in NAMES and r.get("status", "").startswith("UP"))
+
+    def wait_healthy(self, seconds: float = 180) -> None:
+        """3 running members AND HAProxy sending to all 3 (its checks need a few seconds after a restart)."""
+        self.wait_cluster(3, seconds)
+        wait_for(lambda: len(self.haproxy_up()) == len(NAMES), 60, 0.5, "HAProxy sees 3 RabbitMQ servers UP")
+
     def haproxy_logs(self) -> str:
         out, err = self.docker("haproxy").logs(), b""
         return (out + err).decode(errors="replace")

@@ -185,6 +185,13 @@ def test_bad_sentinel_answers_leave_haproxy_cfg_untouched_and_haproxy_serving(tb
     tb.exec("haproxy", "pkill -f 'TCP-LISTEN:270' ; true")
 
 
+def test_the_check_module_reads_the_master_haproxy_uses_from_its_stats_page(tb):
+    from keybuzz.checks.redis import haproxy_master
+
+    _heal(tb)
+    assert haproxy_master(tb.haproxy_ip) == tb.runtime_master() == tb.cfg_master()
+
+
 def test_nothing_happens_when_the_master_did_not_change(tb):
     _heal(tb)
     before_cfg, before_pids = tb.haproxy_cfg(), tb.haproxy_pids()

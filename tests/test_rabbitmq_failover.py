@@ -18,6 +18,8 @@ import pytest
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
+from helpers import write_tsv  # noqa: E402
+
 from keybuzz.amqp import (  # noqa: E402
     ConfirmedPublisher,
     Consumer,
@@ -39,13 +41,14 @@ def tb():
     with Testbed() as testbed:
         testbed.wait_cluster(3, 240)
         testbed.setup()
+        testbed.wait_healthy()
         yield testbed
 
 
 def _heal(tb: Testbed) -> None:
     for i in range(len(NAMES)):
         tb.revive(i)
-    tb.wait_cluster(3, 180)
+    tb.wait_healthy()
 
 
 def _queue_info(tb: Testbed, queue: str) -> dict:
@@ -124,9 +127,10 @@ def test_kill_the_leader_mid_stream_no_confirmed_message_lost(tb):
     endpoint = tb.lb_endpoint()
     ConfirmedPublisher(endpoint, queue).run(count=1, seconds=30)  # the queue exists, it has a leader
     victim = tb.leader_index(queue)
+    tb.wait_healthy()
     consumer = Consumer(endpoint, queue).start()
     publisher = ConfirmedPublisher(endpoint, queue, name="kb-test-publisher")
-    assert place_on_node(publisher, f"rabbit@{NAMES[victim]}", tb.apis())
+    assert place_on_node(publisher, f"rabbit@{NAMES[victim]}", tb.apis()) == f"rabbit@{NAMES[victim]}"
     stop = threading.Event()
     worker = threading.Thread(target=publisher.run, kwargs={"seconds": 120, "stop": stop}, daemon=True)
     try:
@@ -162,6 +166,7 @@ def test_kill_the_leader_mid_stream_no_confirmed_message_lost(tb):
                     60, what="3 online queue members")
     assert sorted(info["online"]) == [f"rabbit@{n}" for n in NAMES]
     delete_queue(endpoint, queue)
+    _heal(tb)
 
 
 def test_a_lost_node_rejoins_by_itself(tb):
@@ -180,3 +185,37 @@ def test_a_lost_node_rejoins_by_itself(tb):
     assert NAMES[2] in " ".join(info["online"])
     delete_queue(endpoint, queue)
     _heal(tb)
+
+
+def test_diag_and_perf_checks_against_the_testbed(tb, tmp_path, monkeypatch):
+    """keybuzz.checks.rabbitmq (what `invoke check --name rabbitmq [--perf]` runs) on this cluster,
+    through its HAProxy, and nothing secret in what they print."""
+    from keybuzz.checks import Target
+    from keybuzz.checks import rabbitmq as checks
+    from keybuzz.servers import load_servers
+
+    plan = write_tsv(tmp_path / "servers.tsv", [(n, tb.node_ip(i), "rabbitmq") for i, n in enumerate(NAMES)])
+    creds = tmp_path / "credentials"
+    creds.mkdir(mode=0o700)
+    env = creds / "rabbitmq.env"
+    env.write_text(f"RABBITMQ_USER={USER}\nRABBITMQ_PASSWORD={tb.password}\nRABBITMQ_ERLANG_COOKIE={tb.cookie}\n")
+    env.chmod(0o600)
+    monkeypatch.setenv("KEYBUZZ_CREDENTIALS_DIR", str(creds))
+    target = Target(load_servers(plan), tb.haproxy_ip)
+    diag = checks.diag(target)
+    print(f"\n{diag}")
+    assert diag.ok, str(diag)
+    assert any("members running: rabbit@queue-01, rabbit@queue-02, rabbit@queue-03 (3/3)" in line
+               for line in diag.lines)
+    perf = checks.perf(target, messages=2000, seconds=30)
+    print(perf)
+    assert perf.ok, str(perf)
+    for text in (str(diag), str(perf)):
+        assert tb.password not in text and tb.cookie not in text
+    # a stopped node turns diag red
+    tb.kill(2)
+    try:
+        wait_for(lambda: len(running_members(tb.apis()[0])) == 2, 60, what="2 running members")
+        assert not checks.diag(target).ok
+    finally:
+        _heal(tb)

@@ -169,7 +169,7 @@ def failover(target: Target, settle_seconds: float = 180) -> Report:
     victim = leader.split("@", 1)[1]
     victim_ip = dict(nodes)[victim]
     publisher = ConfirmedPublisher(endpoint, queue, name="keybuzz-check-failover")
-    placed = place_on_node(publisher, leader, apis)
+    placed = place_on_node(publisher, leader, apis) == leader
     consumer = Consumer(endpoint, queue).start()
     stop = threading.Event()
     worker = threading.Thread(target=publisher.run, kwargs={"seconds": 240, "stop": stop}, daemon=True)

@@ -35,6 +35,7 @@ from keybuzz.redisha import (
 )
 
 FAILOVER_BOUND_S = 60  # a controlled failover that takes longer than this is a failure
+PAUSE_MS = 10000  # writes held on the old master during the switch (released as soon as HAProxy follows)
 PERF_SECONDS = 5
 PERF_MAX_OPS = 20000
 
@@ -138,6 +139,20 @@ def failover(target: Target) -> Report:
                        max_seconds=FAILOVER_BOUND_S + 10).start()
     time.sleep(1)
     t0 = time.monotonic()
+    # Writes pause on the old master first (as Redis' own FAILOVER does): SENTINEL FAILOVER promotes a
+    # replica while the old master still accepts writes until it is reconfigured, and writes accepted there
+    # in that window (even acknowledged by WAIT 1 from the other replica) are lost. Paused clients get an
+    # error instead (HAProxy cuts their sessions at the switch), never a silent loss.
+    old_master = no_retry_client(before.split(":")[0], REDIS_PORT, password, timeout=2)
+    try:
+        old_master.execute_command("CLIENT", "PAUSE", PAUSE_MS, "WRITE")
+        report.add(f"writes paused on {before} (at most {PAUSE_MS} ms)")
+    except (redis.RedisError, OSError) as e:
+        report.add(f"could not pause writes on {before} ({type(e).__name__}): not started", ok=False)
+        probe.stop()
+        return report
+    finally:
+        old_master.close()
     for ip in sentinel_ips:  # the first Sentinel that answers starts it
         client = no_retry_client(ip, SENTINEL_PORT, password, timeout=2)
         try:
@@ -159,6 +174,13 @@ def failover(target: Target) -> Report:
         if after and after != before and all(haproxy_master(s.ip) == after for s in target.plan.group("haproxy")):
             break
         time.sleep(0.2)
+    old_master = no_retry_client(before.split(":")[0], REDIS_PORT, password, timeout=2)
+    try:
+        old_master.execute_command("CLIENT", "UNPAUSE")  # it is a replica now: late writes get READONLY
+    except (redis.RedisError, OSError):
+        pass
+    finally:
+        old_master.close()
     time.sleep(2)  # a few writes after the switch
     probe.stop()
     if not after or after == before:

@@ -32,6 +32,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -55,6 +56,7 @@ LB_IP = "172.30.0.10"
 # Ports the Hetzner LB 10.0.0.10 exposes (design §A), each balanced to haproxy-01/02's same port.
 LB_PORTS = {5432: "postgres", 6432: "pgbouncer", 6379: "redis", 5672: "rabbitmq"}
 SSH_WAIT_SECONDS = 120
+CHECK_RETRIES, CHECK_RETRY_SECONDS = 3, 10  # a red check is retried, bounded to 30 s
 
 
 @dataclass(frozen=True)
@@ -445,13 +447,18 @@ def deploy(layer_name: str, progress: Callable[[str], None] | None = None, verbo
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env(), "PYTHONUNBUFFERED": "1"},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             text=True, bufsize=1)
+    watchdog = threading.Timer(timeout, proc.kill)  # bounded: a hung run is killed after `timeout` s
+    watchdog.start()
     lines = []
-    assert proc.stdout is not None
-    for line in proc.stdout:  # bounded by pyinfra's own end; the timeout below guards a hang after it
-        lines.append(line)
-        if progress:
-            progress(line.rstrip("\n"))
-    rc = proc.wait(timeout=timeout)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if progress:
+                progress(line.rstrip("\n"))
+        rc = proc.wait()
+    finally:
+        watchdog.cancel()
     output = "".join(lines)
     changes = parse_changes(output)
     ok = rc == 0 and changes is not None
@@ -556,6 +563,12 @@ def deploy_layers(names: list[str] | None = None, progress: Callable[[str], None
             continue
         start = time.monotonic()
         row.checks_ok, report = run_checks(layer)
+        for _ in range(CHECK_RETRIES):  # just-deployed services may still converge (HAProxy picks the master)
+            if row.checks_ok is not False:
+                break
+            progress(f"checks of layer {layer.name} not green yet; again in {CHECK_RETRY_SECONDS} s")
+            time.sleep(CHECK_RETRY_SECONDS)
+            row.checks_ok, report = run_checks(layer)
         row.seconds += time.monotonic() - start
         if row.checks_ok is not None:
             progress(f"checks of layer {layer.name}:\n{report}")

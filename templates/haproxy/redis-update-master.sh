@@ -87,18 +87,35 @@ ask_sentinel() {
     valid_addr "$reply" && printf '%s\n' "$reply"
 }
 
-# sentinel_majority -> prints the address a strict majority of the configured Sentinels agree on.
-sentinel_majority() {
-    local s total=0 answers=()
-    for s in $SENTINELS; do total=$((total + 1)); done
-    # ask them all at once: the answer then takes one timeout at worst, not one per dead Sentinel
-    local tmp; tmp=$(mktemp) || return 0
+# sentinel_answers -> one line per Sentinel that gave a well-formed answer (all asked at once: the answer
+# takes one timeout at worst, not one per dead Sentinel)
+sentinel_answers() {
+    local s tmp
+    tmp=$(mktemp) || return 0
     for s in $SENTINELS; do ask_sentinel "$s" >>"$tmp" & done
     wait
-    mapfile -t answers <"$tmp"; rm -f "$tmp"
-    [ "${#answers[@]}" -gt 0 ] || return 0
-    printf '%s\n' "${answers[@]}" | sort | uniq -c | sort -rn | \
-        awk -v need=$((total / 2 + 1)) 'NR == 1 && $1 >= need { print $2 }'
+    cat "$tmp"; rm -f "$tmp"
+}
+
+# majority_of TOTAL <answers -> the address more than half of TOTAL Sentinels gave, else nothing
+majority_of() {
+    sort | uniq -c | sort -rn | awk -v need=$(($1 / 2 + 1)) 'NR == 1 && $1 >= need { print $2 }'
+}
+
+# sentinel_majority CURRENT -> the address a strict majority of the configured Sentinels agree on.
+# Sentinels switch one after the other (within a second: the leader first, the others on its hello
+# message): when some already name another master than CURRENT but no majority does yet, ask again a few
+# times (10 x 0.1 s) rather than waiting for the next trigger.
+sentinel_majority() {
+    local s total=0 answers winner try
+    for s in $SENTINELS; do total=$((total + 1)); done
+    for try in 1 2 3 4 5 6 7 8 9 10; do
+        answers=$(sentinel_answers)
+        winner=$(printf '%s' "$answers" | grep . | majority_of "$total")
+        if [ -n "$winner" ]; then echo "$winner"; return 0; fi
+        printf '%s\n' "$answers" | grep -qvxF -e "$1" -e '' || return 0  # nobody names another master
+        sleep 0.1
+    done
 }
 
 # is_master "ip:port" -> 0 when the node itself says ROLE master.
@@ -147,7 +164,8 @@ follow_at_runtime() {
 
 main() {
     local new current running candidate
-    new=$(sentinel_majority)
+    current=$(cfg_master "$HAPROXY_CFG")
+    new=$(sentinel_majority "${current:-none}")
     if [ -z "$new" ]; then
         log "no majority of Sentinels ($SENTINELS) agrees on a master of $MASTER_NAME; haproxy.cfg untouched"
         return 3
@@ -156,7 +174,6 @@ main() {
         log "Sentinels name $new, which is not a Redis node ($REDIS_NODES); haproxy.cfg untouched"
         return 3
     fi
-    current=$(cfg_master "$HAPROXY_CFG")
     if ! valid_addr "${current:-x}"; then
         log "no valid 'server redis-master' line in $HAPROXY_CFG; refusing to edit it"
         return 2
