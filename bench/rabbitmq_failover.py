@@ -33,7 +33,7 @@ from keybuzz.rabbitmq_testbed import NAMES, Testbed, wait_for  # noqa: E402
 TARGET_GAP_S = 10.0
 
 
-def one_kill(tb: Testbed, run: int, placement: str) -> dict:
+def one_kill(tb: Testbed, run: int, placement: str, redeclare: bool = True) -> dict:
     """One kill of the leader's node with the publisher placed `same` / `other`; returns the measures."""
     queue = f"kb.bench.failover.{placement}.{run}"
     endpoint = tb.lb_endpoint()
@@ -42,7 +42,7 @@ def one_kill(tb: Testbed, run: int, placement: str) -> dict:
     victim = tb.leader_index(queue)
     target = victim if placement == "same" else (victim + 1) % len(NAMES)
     consumer = Consumer(endpoint, queue).start()
-    publisher = ConfirmedPublisher(endpoint, queue, name=f"kb-bench-{placement}-{run}")
+    publisher = ConfirmedPublisher(endpoint, queue, name=f"kb-bench-{placement}-{run}", redeclare=redeclare)
     landed = place_on_node(publisher, f"rabbit@{NAMES[target]}", tb.apis())
     # the row is labelled by where the connection really was (rarely not where it was asked to be)
     placement = "same" if landed == f"rabbit@{NAMES[victim]}" else "other"
@@ -88,6 +88,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kills", type=int, default=3, help="kills per placement (>= 3)")
     parser.add_argument("--placements", default="same,other", help="same,other")
+    parser.add_argument("--no-redeclare", action="store_true",
+                        help="declare the queue on the first connection only (not after each reconnect)")
     args = parser.parse_args(argv)
     # SIGTERM (timeout, CI cancel) -> SystemExit, so the testbed's containers and network are removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -98,7 +100,7 @@ def main(argv=None) -> int:
         tb.wait_healthy()
         for placement in args.placements.split(","):
             for run in range(args.kills):
-                row = one_kill(tb, run, placement)
+                row = one_kill(tb, run, placement, redeclare=not args.no_redeclare)
                 rows.append(row)
                 print(f"kill {placement} #{run + 1}: {row}", flush=True)
     print()

@@ -15,8 +15,11 @@ What it installs on each rabbitmq host, from the pinned image (versions.yaml `ra
 Activation: a host whose config or image changed is restarted one at a time (`_serial`), only when
 stopping it keeps every quorum queue's majority, and the next host waits until it is back in the
 cluster. Stopped nodes are started together (a first install: peer discovery wants its peers up)
-and each waits until it runs in a cluster with every peer that answers. Then, once for the cluster:
-users/vhosts (default queue type quorum)/permissions, `guest` deleted. A second run changes nothing.
+and each waits until it runs in a cluster with every peer that answers; a node that lost its data
+and booted alone (empty) is taken back into the cluster by the node script (forget, reset, join,
+quorum queues regrown). A node that was only down rejoins by itself when its host/service comes back.
+Then, once for the cluster: users, vhosts (default queue type quorum), permissions, `guest` deleted.
+A second run changes nothing.
 """
 
 from io import BytesIO

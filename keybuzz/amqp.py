@@ -131,8 +131,11 @@ class ConfirmedPublisher:
     """
 
     def __init__(self, endpoint: Endpoint, queue: str, heartbeat: int = 5, retry_pause: float = 0.2,
-                 name: str = ""):
+                 name: str = "", redeclare: bool = True):
         self.endpoint = endpoint
+        # redeclare the queue on every new connection (what most applications do) or only on the first
+        self.redeclare = redeclare
+        self._declared = False
         self.name = name  # connection name, to find the node it landed on (Management.connection_node)
         self.queue = queue
         self.heartbeat = heartbeat
@@ -148,7 +151,9 @@ class ConfirmedPublisher:
             self._connection = connect(self.endpoint, self.heartbeat, self.name)
             self._channel = self._connection.channel()
             self._channel.confirm_delivery()
-            declare(self._channel, self.queue)
+            if self.redeclare or not self._declared:
+                declare(self._channel, self.queue)
+                self._declared = True
         return self._channel
 
     def open(self) -> None:

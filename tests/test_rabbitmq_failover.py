@@ -187,6 +187,31 @@ def test_a_lost_node_rejoins_by_itself(tb):
     _heal(tb)
 
 
+def test_a_node_that_lost_its_data_is_taken_back_by_the_node_script(tb):
+    """Disk replaced: the node boots blank and alone; `keybuzz-rabbitmq ready` (run by the deploy's
+    start) makes the cluster forget the old incarnation, joins it, and regrows the quorum queues."""
+    queue = "kb.test.blank"
+    endpoint = tb.lb_endpoint()
+    ConfirmedPublisher(endpoint, queue).run(count=10, seconds=30)
+    tb.kill(2)
+    wait_for(lambda: len(running_members(tb.apis()[0])) == 2, 60, what="2 running members")
+    data = tb.dir / NAMES[2] / "data"
+    for path in data.iterdir():  # everything but the cookie (the deploy writes it back anyway)
+        if path.name != ".erlang.cookie":
+            subprocess.run(["rm", "-rf", str(path)], check=True)
+    tb.revive(2)
+    wait_for(lambda: tb.ctl(2, "rabbitmq-diagnostics", "-q", "check_running").returncode == 0, 240, 2,
+             "the blank node booted")
+    ready = tb.script(2, "ready", timeout=400)
+    assert ready.returncode == 0, ready.stderr[-3000:]
+    assert "rejoining the cluster" in ready.stderr
+    assert tb.wait_cluster(3, 120) == [f"rabbit@{n}" for n in NAMES]
+    info = wait_for(lambda: (lambda q: q if len(q.get("online", [])) == 3 else None)(_queue_info(tb, queue)),
+                    60, what="3 online queue members")
+    assert f"rabbit@{NAMES[2]}" in info["members"]
+    delete_queue(endpoint, queue)
+    _heal(tb)
+
 def test_diag_and_perf_checks_against_the_testbed(tb, tmp_path, monkeypatch):
     """keybuzz.checks.rabbitmq (what `invoke check --name rabbitmq [--perf]` runs) on this cluster,
     through its HAProxy, and nothing secret in what they print."""

@@ -73,9 +73,14 @@ def _node_line(client: redis.Redis, name: str, ip: str) -> tuple[str, str | None
             f"offset={info.get('slave_repl_offset')}", "slave")
 
 
-def diag(target: Target) -> Report:
+def diag(target: Target, require_haproxy: bool = False) -> Report:
     """Role and replication offset of each node, each Sentinel's answer and their majority, the master each
-    HAProxy points at, and a write + read through the load balancer landing on that master."""
+    HAProxy points at, and a write + read through the load balancer landing on that master.
+
+    `require_haproxy=False` (the redis layer, deployed before the haproxy layer): when no HAProxy stats page
+    answers at all, HAProxy is taken as not deployed yet and not checked. The haproxy layer's check passes
+    True (keybuzz/checks/haproxy.py, proposed): then a silent HAProxy is a failure.
+    """
     report = Report("redis diag")
     password = _password(target)
     nodes = _nodes(target)
@@ -102,10 +107,14 @@ def diag(target: Target) -> Report:
     if agreed and masters and agreed != f"{masters[0]}:{REDIS_PORT}":
         report.add(f"Sentinels name {agreed} but {masters[0]} says it is master", ok=False)
 
-    for server in target.plan.group("haproxy"):
-        pointed = haproxy_master(server.ip)
-        report.add(f"{server.name} be_redis_master -> {pointed or '(stats unreachable)'}",
-                   ok=pointed is not None and pointed == agreed)
+    pointed = {server.name: haproxy_master(server.ip) for server in target.plan.group("haproxy")}
+    if not any(pointed.values()) and not require_haproxy:
+        # the redis layer comes before the haproxy layer (§G order): on a first install HAProxy is not there
+        # yet, which must not fail the redis layer; once any HAProxy answers, all of them must be right
+        report.add("no HAProxy stats page answers: HAProxy layer not deployed yet, load balancer not checked")
+        return report
+    for name, addr in pointed.items():
+        report.add(f"{name} be_redis_master -> {addr or '(stats unreachable)'}", ok=addr is not None and addr == agreed)
 
     lb = no_retry_client(target.lb, REDIS_PORT, password, timeout=2)
     try:
