@@ -88,13 +88,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kills", type=int, default=3, help="kills per placement (>= 3)")
     parser.add_argument("--placements", default="same,other", help="same,other")
+    parser.add_argument("--haproxy-defaults", action="append", default=[],
+                        help="experiment: extra line for HAProxy's defaults section (e.g. 'option redispatch')")
     parser.add_argument("--no-redeclare", action="store_true",
                         help="declare the queue on the first connection only (not after each reconnect)")
     args = parser.parse_args(argv)
     # SIGTERM (timeout, CI cancel) -> SystemExit, so the testbed's containers and network are removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rows = []
-    with Testbed() as tb:
+    with Testbed(haproxy_defaults_extra=tuple(args.haproxy_defaults)) as tb:
         tb.wait_cluster(3, 240)
         tb.setup()
         tb.wait_healthy()

@@ -46,7 +46,7 @@ LAYERS: dict[str, Layer] = {layer.name: layer for layer in (
     Layer("db", ("db",), ("postgres",), help="PostgreSQL + Patroni + PgBouncer"),
     Layer("redis", ("redis",), ("redis",), check="redis", help="Redis + Sentinel x3, master keybuzz-master"),
     Layer("rabbitmq", ("rabbitmq",), ("rabbitmq",), check="rabbitmq", help="RabbitMQ quorum cluster x3"),
-    Layer("haproxy", ("haproxy",), ("redis",), renders=("db", "redis", "rabbitmq"),
+    Layer("haproxy", ("haproxy",), ("redis",), renders=("db", "redis", "rabbitmq"), check="haproxy",
           help="HAProxy x2: 5432, 6432, 6379 (Redis master), 5672 (RabbitMQ)"),
     Layer("minio", ("minio",), ("minio",), help="MinIO distributed x3"),
     Layer("mariadb", ("mariadb",), ("mariadb",), help="MariaDB Galera"),

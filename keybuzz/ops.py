@@ -22,6 +22,7 @@ from io import BytesIO
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, HiddenValue, StringCommand, operation
 from pyinfra.facts.files import File, Sha256File
+from pyinfra.facts.server import Command
 from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
@@ -67,6 +68,21 @@ def secret_file(dest: str, content, user: str = "root", group: str = "root", mod
     yield StringCommand("chown", f"{user}:{group}", tmp, "&&", "chmod", mode, tmp, "&&", "mv", "-f", tmp, dest)
 
 
+@operation()
+def image_present(image: str):
+    """Pull `image` unless the host has it: a second run reports no change (server.shell always does).
+
+    Example:
+        image_present(name="Pull redis:7.2.5-alpine", image="redis:7.2.5-alpine")
+    """
+    quoted = shlex.quote(image)
+    probe = f"docker image inspect {quoted} >/dev/null 2>&1 && echo present || echo absent"
+    if host.get_fact(Command, command=probe) == "present":
+        host.noop(f"{image} is present")
+        return
+    yield f"docker pull -q {quoted}"
+
+
 def container_unit(
     name: str,
     image: str,
@@ -89,10 +105,7 @@ def container_unit(
         unit = container_unit("haproxy", image, run_args=["-v", "/opt/keybuzz/haproxy/conf:/usr/local/etc/haproxy:ro"],
                               reload="/usr/bin/docker kill -s HUP haproxy")
     """
-    server.shell(
-        name=f"Pull {image}",
-        commands=[f"docker image inspect {shlex.quote(image)} >/dev/null 2>&1 || docker pull -q {shlex.quote(image)}"],
-    )
+    image_present(name=f"Pull {image}", image=image)
     unit = files.put(
         name=f"Install {name}.service",
         src=BytesIO(render(

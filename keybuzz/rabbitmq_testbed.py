@@ -71,7 +71,10 @@ class Testbed:
 
     __test__ = False  # not a pytest test class despite its name
 
-    def __init__(self):
+    def __init__(self, haproxy_defaults_extra: tuple[str, ...] = ()):
+        # lines added to the rendered template's `defaults` section (bench experiments only, e.g.
+        # "option redispatch"); empty = the project's template as is
+        self.haproxy_defaults_extra = haproxy_defaults_extra
         self.password = "tb-" + secrets.token_urlsafe(18)
         self.cookie = secrets.token_urlsafe(32)
         self.client = docker.from_env()
@@ -170,9 +173,13 @@ class Testbed:
         conf = self.dir / "haproxy"
         conf.mkdir()
         # the real template; the other backends point at unused addresses of this bridge (marked down)
-        (conf / "haproxy.cfg").write_text(render_haproxy_cfg(
+        cfg = render_haproxy_cfg(
             "haproxy-01", self.haproxy_ip, f"{self.ip(40)}:6379", db=[("db-01", self.ip(41))],
-            rabbitmq=[(name, self.node_ip(i)) for i, name in enumerate(NAMES)], run_dir="/var/lib/haproxy"))
+            rabbitmq=[(name, self.node_ip(i)) for i, name in enumerate(NAMES)], run_dir="/var/lib/haproxy")
+        if self.haproxy_defaults_extra:
+            extra = "".join(f"    {line}\n" for line in self.haproxy_defaults_extra)
+            cfg = cfg.replace("\ndefaults\n", "\ndefaults\n" + extra, 1)
+        (conf / "haproxy.cfg").write_text(cfg)
         assert self.network is not None
         c = (DockerContainer(image).with_name(f"kbrq-{self.prefix.split('.')[-1]}-haproxy")
              .with_volume_mapping(str(conf), "/usr/local/etc/haproxy", "ro")

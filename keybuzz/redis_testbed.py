@@ -196,7 +196,15 @@ class Testbed:
             c = c.with_volume_mapping(host_path, inside, "rw")
         c = c.with_kwargs(network=self.network.name, user=user, **kwargs,
                           networking_config={self.network.name: EndpointConfig("1.41", ipv4_address=ip)})
-        c.start()
+        try:
+            c.start()
+        except Exception:
+            # docker created it but could not start it: testcontainers does not know it, remove it here
+            try:
+                self.client.containers.get(c._name).remove(force=True)
+            except docker.errors.NotFound:
+                pass
+            raise
         self.containers[name] = c
 
     def stop(self) -> None:

@@ -62,7 +62,8 @@ def test_missing_variable_and_missing_file_are_named(creds_dir):
     path.write_text("MINIO_ROOT_USER=admin\n")
     with pytest.raises(InputError, match=rf"^{path}: MINIO_ROOT_PASSWORD is missing or empty"):
         credentials.load("minio")
-    with pytest.raises(InputError, match=rf"{creds_dir}/redis.env: missing credentials file; run `invoke credentials.init`"):
+    missing = rf"{creds_dir}/redis.env: missing credentials file; run `invoke credentials.init`"
+    with pytest.raises(InputError, match=missing):
         credentials.load("redis")
 
 

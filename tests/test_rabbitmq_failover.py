@@ -19,7 +19,6 @@ import pytest
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 from helpers import write_tsv  # noqa: E402
-
 from keybuzz.amqp import (  # noqa: E402
     ConfirmedPublisher,
     Consumer,

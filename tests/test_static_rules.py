@@ -11,7 +11,7 @@ import pytest
 from helpers import ROOT, tracked_files
 
 LB_BIND = re.compile(r"^\s*(bind|listen)\b[^#\n]*\b10\.0\.0\.(10|20)\b", re.MULTILINE | re.IGNORECASE)
-PROXYSQL_IFACE = re.compile(r"(mysql_ifaces|interfaces|listen_address)\s*[=:]\s*[\"']?[^\n]*10\.0\.0\.20", re.IGNORECASE)
+PROXYSQL_IFACE = re.compile(r"(mysql_ifaces|interfaces|listen_address)\s*[=:][^\n]*10\.0\.0\.20", re.IGNORECASE)
 SECRET_ASSIGN = re.compile(
     r"\b[A-Z0-9_]*(PASSWORD|PASSWD|SECRET|TOKEN|_KEY|_PASS|COOKIE)[A-Z0-9_]*\s*[=:]\s*[\"']?([A-Za-z0-9+/=_.-]{12,})"
 )
