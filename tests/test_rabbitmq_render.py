@@ -84,7 +84,7 @@ def test_node_script_never_puts_the_password_on_a_command_line():
     script = _script()
     # the password only ever goes through printf (a bash builtin) into rabbitmqctl's stdin
     uses = [line for line in script.splitlines() if "$pass" in line and "pass=" not in line]
-    assert uses and all(re.search(r"printf '%s\\n' \"\$pass\" \| rmq rabbitmqctl", u) for u in uses), uses
+    assert uses and all(re.search(r"printf '%s\\n' \"\$pass\" \| rmq_stdin rabbitmqctl", u) for u in uses), uses
     # rabbitmqctl -q waits forever instead of reading a password from stdin
     assert not re.search(r"rabbitmqctl -q (add_user|change_password|authenticate_user)", script)
     assert "set -x" not in script
