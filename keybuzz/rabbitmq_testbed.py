@@ -17,38 +17,25 @@ Example:
 from __future__ import annotations
 
 import os
-import random
 import secrets
-import shutil
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # the reaper image cannot be pulled here
 
-import docker  # noqa: E402
-from docker.types import EndpointConfig, IPAMConfig, IPAMPool  # noqa: E402
+from docker.types import EndpointConfig  # noqa: E402
 from testcontainers.core.container import DockerContainer  # noqa: E402
-from testcontainers.core.network import Network  # noqa: E402
 
 from keybuzz.amqp import Endpoint, Management, leader_of, wait_members  # noqa: E402
 from keybuzz.lab import images  # noqa: E402
 from keybuzz.redisha import render_haproxy_cfg  # noqa: E402
 from keybuzz.render import render  # noqa: E402
+from keybuzz.testbed import ContainerTestbed  # noqa: E402
 
 NAMES = ("queue-01", "queue-02", "queue-03")
 UID = 999  # rabbitmq in the official image and the lab stand-in
 USER = "keybuzz"
 VHOSTS = ("/",)
-
-
-def _free_subnet(client) -> str:
-    """A /24 in 192.168.150-199 no Docker network uses (never 10.0.0.0/8, never the lab's 172.30.0.0/24)."""
-    used = {c["Subnet"] for n in client.networks.list() for c in (n.attrs.get("IPAM", {}).get("Config") or [])
-            if "Subnet" in c}
-    candidates = [f"192.168.{x}.0/24" for x in range(150, 200) if f"192.168.{x}.0/24" not in used]
-    return random.choice(candidates)
 
 
 def wait_for(predicate, seconds: float, interval: float = 0.5, what: str = "condition"):
@@ -66,27 +53,20 @@ def wait_for(predicate, seconds: float, interval: float = 0.5, what: str = "cond
         time.sleep(interval)
 
 
-class Testbed:
+class Testbed(ContainerTestbed):
     """Start with `with Testbed() as tb:`; everything is removed on exit (containers, network, files)."""
 
-    __test__ = False  # not a pytest test class despite its name
+    SUBNET_OCTETS = range(150, 200)
 
     def __init__(self, haproxy_defaults_extra: tuple[str, ...] = ()):
         # lines added to the rendered template's `defaults` section (bench experiments only, e.g.
         # "option redispatch"); empty = the project's template as is
+        super().__init__("keybuzz-rabbitmq-tb-")
         self.haproxy_defaults_extra = haproxy_defaults_extra
         self.password = "tb-" + secrets.token_urlsafe(18)
         self.cookie = secrets.token_urlsafe(32)
-        self.client = docker.from_env()
-        self.dir = Path(tempfile.mkdtemp(prefix="keybuzz-rabbitmq-tb-"))
-        self.containers: dict[str, DockerContainer] = {}
-        self.network: Network | None = None
-        self.prefix = ""
 
     # ------------------------------------------------------------ addresses
-    def ip(self, last: int) -> str:
-        return f"{self.prefix}.{last}"
-
     def node_ip(self, i: int) -> str:
         return self.ip(11 + i)
 
@@ -104,25 +84,10 @@ class Testbed:
     def apis(self) -> list[Management]:
         return [Management(self.node_ip(i), USER, self.password, timeout=2) for i in range(len(NAMES))]
 
-    # ------------------------------------------------------------ life cycle
-    def __enter__(self) -> Testbed:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
     def start(self) -> None:
         rabbitmq_image = images.build("rabbitmq", progress=lambda m: None)
         haproxy_image = images.build("haproxy", progress=lambda m: None)
-        subnet = _free_subnet(self.client)
-        self.prefix = subnet.rsplit(".", 1)[0]
-        self.network = Network(docker_network_kw={"ipam": IPAMConfig(pool_configs=[IPAMPool(subnet=subnet)])})
-        self.network.create()
+        self.create_network()
         for i, name in enumerate(NAMES):
             self._write_node_files(i, name)
         # all three at once: the harder case for peer discovery (the deploy starts them one by one)
@@ -188,24 +153,7 @@ class Testbed:
         c.start()
         self.containers["haproxy"] = c
 
-    def stop(self) -> None:
-        for c in self.containers.values():
-            try:
-                c.stop()
-            except Exception:  # noqa: BLE001 - best effort cleanup, the next one must still go
-                pass
-        self.containers.clear()
-        if self.network and self.network._network is not None:
-            try:
-                self.network.remove()
-            except Exception:  # noqa: BLE001
-                pass
-        shutil.rmtree(self.dir, ignore_errors=True)
-
     # ------------------------------------------------------------ node control
-    def docker(self, name: str):
-        return self.containers[name].get_wrapped_container()
-
     def container_name(self, i: int) -> str:
         return self.docker(NAMES[i]).name
 

@@ -18,22 +18,18 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import random
 import secrets
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # the reaper image cannot be pulled here
 
 import docker  # noqa: E402
 import redis  # noqa: E402
-from docker.types import EndpointConfig, IPAMConfig, IPAMPool  # noqa: E402
+from docker.types import EndpointConfig  # noqa: E402
 from testcontainers.core.container import DockerContainer  # noqa: E402
-from testcontainers.core.network import Network  # noqa: E402
 
 from keybuzz import ROOT  # noqa: E402
 from keybuzz.lab import images  # noqa: E402
@@ -50,6 +46,7 @@ from keybuzz.redisha import (  # noqa: E402
     render_sentinel_conf,
     render_update_conf,
 )
+from keybuzz.testbed import ContainerTestbed  # noqa: E402
 
 TEMPLATES = ROOT / "templates" / "haproxy"
 NAMES = ("redis-01", "redis-02", "redis-03")
@@ -71,38 +68,24 @@ def haproxy_test_image() -> str:
     return ref
 
 
-def _free_subnet(client) -> str:
-    """A /24 in 192.168.200-249 no Docker network uses (never 10.0.0.0/8, never the lab's 172.30.0.0/24)."""
-    used = {c["Subnet"] for n in client.networks.list() for c in (n.attrs.get("IPAM", {}).get("Config") or [])
-            if "Subnet" in c}
-    candidates = [f"192.168.{x}.0/24" for x in range(200, 250) if f"192.168.{x}.0/24" not in used]
-    return random.choice(candidates)
-
-
-class Testbed:
+class Testbed(ContainerTestbed):
     """Start with `with Testbed(...) as tb:`; everything is removed on exit (containers, network, files).
 
     watch: run redis-master-watch.sh (immediate follow-up); timer_s: seconds between update runs
     (the systemd timer's 15 s in production; 0 = no timer loop).
     """
 
-    __test__ = False  # not a pytest test class despite its name
+    SUBNET_OCTETS = range(200, 250)
 
     def __init__(self, down_after_ms: int = 2000, watch: bool = True, timer_s: float = 15,
                  settings: RedisSettings | None = None, failover_timeout_ms: int = 10000):
+        super().__init__("keybuzz-redis-tb-")
         self.settings = settings or RedisSettings(down_after_ms=down_after_ms, failover_timeout_ms=failover_timeout_ms)
         self.watch = watch
         self.timer_s = timer_s
         self.password = "tb-" + secrets.token_urlsafe(18)
-        self.client = docker.from_env()
-        self.dir = Path(tempfile.mkdtemp(prefix="keybuzz-redis-tb-"))
-        self.containers: dict[str, DockerContainer] = {}
-        self.network: Network | None = None
 
     # ------------------------------------------------------------ addresses
-    def ip(self, last: int) -> str:
-        return f"{self.prefix}.{last}"
-
     def redis_ip(self, i: int) -> str:
         return self.ip(11 + i)
 
@@ -121,25 +104,10 @@ class Testbed:
     def sentinel_ips(self) -> list[str]:
         return [self.sentinel_ip(i) for i in range(3)]
 
-    # ------------------------------------------------------------ lifecycle
-    def __enter__(self) -> Testbed:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
     def start(self) -> None:
         redis_image = images.build("redis", progress=lambda m: None)
         haproxy_image = haproxy_test_image()
-        subnet = _free_subnet(self.client)
-        self.prefix = subnet.rsplit(".", 1)[0]
-        self.network = Network(docker_network_kw={"ipam": IPAMConfig(pool_configs=[IPAMPool(subnet=subnet)])})
-        self.network.create()
+        self.create_network()
         first = self.redis_ips[0]
         for i, name in enumerate(NAMES):
             node = self.dir / name
@@ -206,24 +174,6 @@ class Testbed:
                 pass
             raise
         self.containers[name] = c
-
-    def stop(self) -> None:
-        for c in self.containers.values():
-            try:
-                c.stop()
-            except Exception:  # noqa: BLE001 - best effort cleanup, the next one must still go
-                pass
-        self.containers.clear()
-        if self.network and self.network._network is not None:
-            try:
-                self.network.remove()
-            except Exception:  # noqa: BLE001
-                pass
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    # ------------------------------------------------------------ container control
-    def docker(self, name: str):
-        return self.containers[name].get_wrapped_container()
 
     def exec(self, name: str, cmd: str, timeout: float = 60) -> tuple[int, str]:
         """Run `cmd` with bash in container `name`; returns (exit code, stdout+stderr)."""
