@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-import time
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # the reaper image cannot be pulled here
 
@@ -31,26 +30,12 @@ from keybuzz.lab import images  # noqa: E402
 from keybuzz.redisha import render_haproxy_cfg  # noqa: E402
 from keybuzz.render import render  # noqa: E402
 from keybuzz.testbed import ContainerTestbed  # noqa: E402
+from keybuzz.waiting import wait_for  # noqa: E402, F401 - re-exported for tests and bench
 
 NAMES = ("queue-01", "queue-02", "queue-03")
 UID = 999  # rabbitmq in the official image and the lab stand-in
 USER = "keybuzz"
 VHOSTS = ("/",)
-
-
-def wait_for(predicate, seconds: float, interval: float = 0.5, what: str = "condition"):
-    """Poll `predicate` until it returns a truthy value (returned) or `seconds` pass (TimeoutError)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            value = predicate()
-        except Exception:  # noqa: BLE001 - a node that is booting answers with all sorts of errors
-            value = None
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"{what}: not reached within {seconds:.0f}s")
-        time.sleep(interval)
 
 
 class Testbed(ContainerTestbed):

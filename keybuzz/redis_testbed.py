@@ -21,7 +21,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import time
 from collections.abc import Callable
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # the reaper image cannot be pulled here
@@ -47,6 +46,7 @@ from keybuzz.redisha import (  # noqa: E402
     render_update_conf,
 )
 from keybuzz.testbed import ContainerTestbed  # noqa: E402
+from keybuzz.waiting import wait_for  # noqa: E402
 
 TEMPLATES = ROOT / "templates" / "haproxy"
 NAMES = ("redis-01", "redis-02", "redis-03")
@@ -294,13 +294,7 @@ class Testbed(ContainerTestbed):
     def wait_for(self, predicate: Callable[[], object], timeout: float = 30, interval: float = 0.1,
                  what: str = "condition"):
         """Poll `predicate` until truthy (returned) or raise TimeoutError after `timeout` s (bounded loop)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(interval)
-        raise TimeoutError(f"{what} not reached within {timeout} s")
+        return wait_for(predicate, timeout, interval, what)
 
     def wait_ready(self, timeout: float = 60) -> None:
         """Replication up on both replicas and each Sentinel sees the two others and both replicas."""

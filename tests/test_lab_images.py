@@ -23,6 +23,7 @@ os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 from testcontainers.core.container import DockerContainer  # noqa: E402
 
 from keybuzz.lab import images  # noqa: E402
+from keybuzz.waiting import wait_for  # noqa: E402
 
 pytestmark = [
     pytest.mark.containers,
@@ -44,21 +45,6 @@ def refs():
 def lab_versions():
     """name -> Debian upstream version, from the tags in lab/versions.lab.yaml (e.g. 7.0.15)."""
     return {n: ref.rsplit(":", 1)[1].rsplit("-", 1)[0] for n, ref in images.lab_image_names().items()}
-
-
-def wait_for(check, timeout, what):
-    """Poll `check` until it returns a truthy value (bounded); exceptions count as 'not yet'."""
-    deadline = time.monotonic() + timeout
-    error = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-            if result:
-                return result
-        except Exception as e:  # noqa: BLE001 - the service is still starting
-            error = e
-        time.sleep(0.5)
-    pytest.fail(f"{what} not ready after {timeout}s (last error: {error!r})")
 
 
 def http_get(url, auth=None, put=None):
@@ -96,7 +82,7 @@ def test_redis_answers_like_the_official_image(refs, lab_versions):
     # as the deploy runs it: --user 999:1000, default CMD, no password (protected mode must be off)
     with DockerContainer(refs["redis"]).with_exposed_ports(6379).with_kwargs(user="999:1000") as c:
         client = redis.Redis(c.get_container_host_ip(), int(c.get_exposed_port(6379)), socket_timeout=2)
-        assert wait_for(client.ping, 20, "redis PING")
+        assert wait_for(client.ping, 20, what="redis PING")
         client.set("k", "v")
         assert client.get("k") == b"v"
         assert output(c, "id -u; id -g; pwd").split() == ["999", "1000", "/data"]
@@ -128,12 +114,12 @@ backend be_redis_master
     # default CMD: the image's placeholder config answers on :8404; HUP reloads (master-worker)
     with DockerContainer(refs["haproxy"]).with_exposed_ports(8404) as c:
         url = f"http://{c.get_container_host_ip()}:{c.get_exposed_port(8404)}/healthz"
-        assert wait_for(lambda: http_get(url) == (200, b"ok\n"), 20, "haproxy :8404")
+        assert wait_for(lambda: http_get(url) == (200, b"ok\n"), 20, what="haproxy :8404")
         assert output(c, "id -u; id -g").split() == ["99", "99"]
         assert f"version {lab_versions['haproxy']}" in output(c, "haproxy -v")
         assert "Uptime" in output(c, "echo 'show info' | socat stdio /var/lib/haproxy/admin.sock")
         subprocess.run(["docker", "kill", "-s", "HUP", c.get_wrapped_container().id], check=True, capture_output=True)
-        wait_for(lambda: b"Loading success" in b"".join(c.get_logs()), 10, "haproxy reload")
+        wait_for(lambda: b"Loading success" in b"".join(c.get_logs()), 10, what="haproxy reload")
         assert http_get(url)[0] == 200
 
 
@@ -150,13 +136,13 @@ def test_rabbitmq_starts_with_env_user_and_per_vhost_quorum_default(refs, lab_ve
             code, _ = c.get_wrapped_container().exec_run(["rabbitmq-diagnostics", "-q", "check_running"],
                                                          user="rabbitmq")
             return code == 0
-        wait_for(ping, 90, "rabbitmq check_running")
+        wait_for(ping, 90, what="rabbitmq check_running")
         assert output(c, "rabbitmq-diagnostics -q ping").strip() == "Ping succeeded"
         assert output(c, "rabbitmqctl -q version").strip() == lab_versions["rabbitmq"]
         assert output(c, "stat -c '%u:%g' /var/lib/rabbitmq/.erlang.cookie").strip() == "999:999"
         assert "rabbitmq_management " in output(c, "rabbitmq-plugins -q list -E")
         host, api = c.get_container_host_ip(), f"http://{c.get_container_host_ip()}:{c.get_exposed_port(15672)}"
-        wait_for(lambda: http_get(f"{api}/api/overview", "kb:s3cret")[0] == 200, 30, "management API")
+        wait_for(lambda: http_get(f"{api}/api/overview", "kb:s3cret")[0] == 200, 30, what="management API")
         # per-vhost default queue type through the HTTP API, 3.13 style
         assert http_get(f"{api}/api/vhosts/qq", "kb:s3cret", {"default_queue_type": "quorum"})[0] == 201
         everything = {"configure": ".*", "write": ".*", "read": ".*"}
@@ -174,7 +160,7 @@ def test_rabbitmq_starts_with_env_user_and_per_vhost_quorum_default(refs, lab_ve
 def test_registry_serves_v2_and_takes_the_service_images(refs, lab_versions):
     with DockerContainer(refs["registry"]).with_bind_ports(5000, None) as c:
         address = f"127.0.0.1:{c.get_exposed_port(5000)}"  # 127.0.0.0/8: insecure by default
-        wait_for(lambda: http_get(f"http://{address}/v2/")[0] == 200, 20, "registry /v2/")
+        wait_for(lambda: http_get(f"http://{address}/v2/")[0] == 200, 20, what="registry /v2/")
         pushed = images.push_to_registry(address, names=["redis"], progress=lambda m: None)
         assert pushed == {"redis": f"{address}/keybuzz-lab/redis:{lab_versions['redis']}-bookworm"}
         status, tags = http_get(f"http://{address}/v2/keybuzz-lab/redis/tags/list")
@@ -198,7 +184,7 @@ def test_host_boots_systemd_and_takes_the_lab_key(refs, tmp_path):
             out = subprocess.run(["docker", "exec", name, "systemctl", "is-system-running"],
                                  capture_output=True, text=True).stdout.strip()
             return out if out in ("running", "degraded") else None
-        assert wait_for(state, 60, "systemd") == "running"
+        assert wait_for(state, 60, what="systemd") == "running"
         port = subprocess.run(["docker", "port", name, "22/tcp"], capture_output=True, text=True,
                               check=True).stdout.split()[0].rsplit(":", 1)[1]
         ssh = ["ssh", "-i", str(tmp_path / "key"), "-p", port, "-o", "BatchMode=yes",
@@ -206,7 +192,7 @@ def test_host_boots_systemd_and_takes_the_lab_key(refs, tmp_path):
                "root@127.0.0.1"]
         probe = "ps -p 1 -o comm=; . /etc/os-release; echo $VERSION_ID; command -v docker || echo no-docker"
         out = wait_for(lambda: subprocess.run([*ssh, probe], capture_output=True, text=True, timeout=20).stdout,
-                       30, "ssh login with the lab key")
+                       30, what="ssh login with the lab key")
         assert out.split() == ["systemd", "12", "no-docker"]
         refused = subprocess.run([*ssh[:3], "-o", "PubkeyAuthentication=no", *ssh[3:], "true"],
                                  capture_output=True, text=True, timeout=20)

@@ -13,6 +13,7 @@ import pytest
 
 from keybuzz import credentials
 from keybuzz.redisha import REDIS_PORT, WriteProbe, majority, no_retry_client
+from keybuzz.waiting import wait_for
 
 os.environ["TESTCONTAINERS_RYUK_DISABLED"] = "true"
 
@@ -30,16 +31,6 @@ def _sentinel_master(lab) -> str | None:
     from keybuzz.redisha import ask_sentinels
 
     return majority(ask_sentinels(list(REDIS_HOSTS.values()), _password(lab)), 3)
-
-
-def _wait(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"{what}: not within {timeout} s")
 
 
 def _diag(lab):
@@ -71,7 +62,7 @@ def deployed(lab):
             return False
         finally:
             client.close()
-    _wait(lb_answers, 30, "Redis answering through the LB stand-in")
+    wait_for(lb_answers, 30, what="Redis answering through the LB stand-in")
     return results
 
 
@@ -160,7 +151,7 @@ def test_a_changed_unit_restarts_replicas_one_by_one_then_the_master(lab, deploy
     assert started[replicas[0]] < started[replicas[1]] < started[master], started
     # a master restart shorter than down-after (5 s) is not a failover; a slow one may be: both are fine
     print(f"master before {master_ip}, after the rolling restart {_sentinel_master(lab)}")
-    _wait(lambda: _healthy(lab), 60, "cluster healthy again")
+    wait_for(lambda: _healthy(lab), 60, what="cluster healthy again")
 
 
 def test_files_holding_the_password_are_root_or_redis_only(lab, deployed):
@@ -191,7 +182,7 @@ def _kill_and_measure(lab, host: str, how: str) -> tuple[float, str]:
         lab.exec(host, "docker kill redis")
     else:
         lab.stop_host(host, timeout=1)
-    _wait(lambda: probe.resumed_after(t0 + 0.5), 60, "writes through the LB stand-in resuming", 0.2)
+    wait_for(lambda: probe.resumed_after(t0 + 0.5), 60, 0.2, what="writes through the LB stand-in resuming")
     time.sleep(1)
     probe.stop()
     gap = probe.gap(t0, t0 + 0.5)
@@ -211,7 +202,7 @@ def test_killing_the_master_container_on_its_host_writes_resume(lab, deployed):
     host = next(h for h, ip in REDIS_HOSTS.items() if ip == master_ip)
     gap, _ = _kill_and_measure(lab, host, "container")
     assert gap < 15
-    _wait(lambda: _healthy(lab), 60, "cluster healthy again")
+    wait_for(lambda: _healthy(lab), 60, what="cluster healthy again")
 
 
 def test_a_stopped_master_host_fails_over_and_rejoins_as_replica(lab, deployed):
@@ -220,7 +211,7 @@ def test_a_stopped_master_host_fails_over_and_rejoins_as_replica(lab, deployed):
     gap, new = _kill_and_measure(lab, host, "host")
     assert new.split(":")[0] != master_ip and gap < 15
     lab.start_host(host)
-    _wait(lambda: _healthy(lab), 120, "old master back as a replica, diag green")
+    wait_for(lambda: _healthy(lab), 120, what="old master back as a replica, diag green")
     assert _sentinel_master(lab) == new  # it came back as a replica: no second failover
 
 
