@@ -64,6 +64,14 @@ def run_layer(c, layer, verbose: int = 0) -> None:
 
 
 def run_checks(layer, failover=False, perf=False) -> bool:
+    """Run the layer's checks (diag, then --failover / --perf); print each report; bad input -> Exit."""
+    try:
+        return _run_checks(layer, failover, perf)
+    except InputError as e:
+        raise _fail(str(e)) from None
+
+
+def _run_checks(layer, failover, perf) -> bool:
     if not layer.check:
         return True
     module = importlib.import_module(f"keybuzz.checks.{layer.check}")
@@ -112,11 +120,7 @@ def check(c, name, failover=False, perf=False, lab=False):
     if chosen is None or not chosen.check:
         with_checks = [n for n, layer_ in LAYERS.items() if layer_.check]
         raise _fail(f"no checks for {name!r}; layers with checks: {', '.join(with_checks)}")
-    try:
-        ok = run_checks(chosen, failover, perf)
-    except InputError as e:
-        raise _fail(str(e)) from None
-    if not ok:
+    if not run_checks(chosen, failover, perf):
         raise Exit(code=1)
 
 

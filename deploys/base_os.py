@@ -159,6 +159,7 @@ server.shell(
     name="Restart Docker (daemon.json changed)",
     commands=["systemctl restart docker.service"],
     _if=any_changed(daemon_json),
+    _serial=True,  # every service runs under dockerd: one host at a time, never the whole cluster at once
 )
 
 # --- time sync -----------------------------------------------------------------------------------------

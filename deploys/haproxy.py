@@ -148,6 +148,12 @@ cfg_op = validated_config(
 restart_if("haproxy", *unit, serial=True)
 server.shell(name="Reload haproxy (config changed; established connections stay)",
              commands=["systemctl reload haproxy"], _if=lambda: cfg_op.did_change() and not any_changed(*unit)())
+# The master in haproxy.cfg was read from Sentinel when this file was evaluated: a failover since then
+# would be undone by the reload. Ask Sentinel again now, under the script's own lock.
+server.shell(name="Follow the current Redis master again after the reload (redis-update-master.sh)",
+             commands=["/usr/local/bin/redis-update-master.sh"
+                       " || echo 'redis-update-master.sh failed: the 15 s timer retries'"],
+             _if=any_changed(cfg_op, *unit))
 
 # --- §C follow-up: timer (boot + 15 s) and +switch-master watcher ----------------------------------------
 

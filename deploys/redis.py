@@ -23,6 +23,7 @@ from io import BytesIO, StringIO
 
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, HiddenValue, StringCommand, operation
+from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.files import File
 from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
@@ -60,8 +61,8 @@ _view_cache: dict = {}
 def current_master() -> str:
     """IP of the master: the Sentinels' majority; redis-01 only when no Sentinel knows keybuzz-master yet.
 
-    Refuses (RuntimeError) when some Sentinels answer but no majority agrees: deploying then could create a
-    second master.
+    Refuses (DeployError: one line, no traceback) when some Sentinels answer but no majority agrees:
+    deploying then could create a second master.
     """
     if "view" not in _view_cache:  # the deploy file runs once per host: ask the Sentinels once per run
         _view_cache["view"] = cluster_view(NODE_IPS, PASSWORD.unmask())
@@ -69,7 +70,7 @@ def current_master() -> str:
     if view.master:
         return view.master
     if view.answered:
-        raise RuntimeError("the Sentinels answer but no majority agrees on the master of keybuzz-master; "
+        raise DeployError("the Sentinels answer but no majority agrees on the master of keybuzz-master; "
                            "run `invoke check --name redis` and repair before deploying")
     return NODE_IPS[0]
 
@@ -160,7 +161,7 @@ try:
     _drift = (redis_drift(ME, PASSWORD.unmask(), SETTINGS) or []) + [
         f"sentinel {n}" for n in (sentinel_drift(ME, PASSWORD.unmask(), SETTINGS) or [])]
 except PasswordMismatch as e:
-    raise RuntimeError(f"{e}; rotating the password is a manual procedure (README, Redis)") from None
+    raise DeployError(f"{e}; rotating the password is a manual procedure (README, Redis)") from None
 if _drift:
     server.shell(name=f"Apply changed runtime settings ({', '.join(_drift)}) with CONFIG SET / SENTINEL SET",
                  commands=["/usr/local/sbin/keybuzz-redis-settings apply"], _serial=True)

@@ -224,9 +224,11 @@ class Consumer:
         >>> c = Consumer(ep, "q").start(); ...; missing = c.wait_for(ids, seconds=30); c.stop()
     """
 
-    def __init__(self, endpoint: Endpoint, queue: str, heartbeat: int = 5, prefetch: int = 200):
+    def __init__(self, endpoint: Endpoint, queue: str, heartbeat: int = 5, prefetch: int = 200,
+                 max_seconds: float = 900):
         self.endpoint = endpoint
         self.queue = queue
+        self.max_seconds = max_seconds  # the loop ends by itself even if stop() is never called
         self.heartbeat = heartbeat
         self.prefetch = prefetch
         self.received: set[int] = set()
@@ -242,7 +244,8 @@ class Consumer:
         return self
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
+        deadline = time.monotonic() + self.max_seconds
+        while not self._stop.is_set() and time.monotonic() < deadline:
             connection = None
             try:
                 connection = connect(self.endpoint, self.heartbeat)
@@ -251,7 +254,7 @@ class Consumer:
                 declare(channel, self.queue)
                 # inactivity_timeout: wake up regularly to see the stop flag
                 for method, _props, body in channel.consume(self.queue, inactivity_timeout=0.5):
-                    if self._stop.is_set():
+                    if self._stop.is_set() or time.monotonic() >= deadline:
                         break
                     if method is None:
                         continue

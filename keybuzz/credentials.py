@@ -77,8 +77,8 @@ class FileBackend:
         except FileNotFoundError:
             raise InputError(path, 0, "missing credentials file; run `invoke credentials.init` "
                              "(or set KEYBUZZ_CREDENTIALS_DIR)") from None
-        if stat.S_IMODE(st.st_mode) != 0o600 or st.st_uid != 0:
-            raise InputError(path, 0, f"must be root:root mode 0600 (is uid {st.st_uid} mode "
+        if stat.S_IMODE(st.st_mode) != 0o600 or st.st_uid != 0 or st.st_gid != 0:
+            raise InputError(path, 0, f"must be root:root mode 0600 (is {st.st_uid}:{st.st_gid} mode "
                              f"{stat.S_IMODE(st.st_mode):04o}); fix: chown root:root {path} && chmod 600 {path}")
         return {k: v or "" for k, v in dotenv_values(path).items()}
 

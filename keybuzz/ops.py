@@ -21,7 +21,7 @@ from io import BytesIO
 
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, HiddenValue, StringCommand, operation
-from pyinfra.facts.files import File, Sha256File
+from pyinfra.facts.files import Sha256File
 from pyinfra.facts.server import Command
 from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
@@ -51,13 +51,15 @@ def secret_file(dest: str, content, user: str = "root", group: str = "root", mod
     """
     data = _raw(content)
     want = hashlib.sha256(data).hexdigest()
-    info = host.get_fact(File, path=dest)
+    # names and numeric ids both, so that user="999" matches a uid that has no name on the host
+    owner = (host.get_fact(Command, command=f"stat -c '%U %u %G %g %a' {shlex.quote(dest)} 2>/dev/null || true")
+             or "").split()
     same = (
-        info
+        len(owner) == 5
+        and str(user) in owner[0:2]
+        and str(group) in owner[2:4]
+        and owner[4] == mode.lstrip("0")
         and host.get_fact(Sha256File, path=dest) == want
-        and str(info.get("mode")) == mode.lstrip("0")
-        and {str(info.get("user")), str(info.get("uid", ""))} & {str(user)}
-        and {str(info.get("group")), str(info.get("gid", ""))} & {str(group)}
     )
     if same:
         host.noop(f"{dest} is up to date")

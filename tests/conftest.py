@@ -48,11 +48,11 @@ def lab_session():
     keep = os.environ.get("KEYBUZZ_LAB_KEEP") == "1"
     if not keep:
         lab_module.down(progress=_progress)
-    start = time.monotonic()
-    rows = lab_module.up(["base_os"], progress=_progress)
-    seconds = time.monotonic() - start
-    os.environ.update(lab_module.env())
-    try:
+    try:  # `up` inside the try: a lab that fails half-way up is still taken down
+        start = time.monotonic()
+        rows = lab_module.up(["base_os"], progress=_progress)
+        seconds = time.monotonic() - start
+        os.environ.update(lab_module.env())
         if not all(r.green for r in rows):
             pytest.fail("lab up failed:\n" + lab_module.table(rows, color=False) + "\n"
                         + "\n".join("\n".join(r.detail.splitlines()[-40:]) for r in rows if not r.green))

@@ -52,7 +52,7 @@ def test_world_readable_file_is_refused_with_the_fix(creds_dir):
     os.chmod(path, 0o644)
     with pytest.raises(InputError) as err:
         credentials.load("redis")
-    assert str(err.value) == (f"{path}: must be root:root mode 0600 (is uid 0 mode 0644); "
+    assert str(err.value) == (f"{path}: must be root:root mode 0600 (is 0:0 mode 0644); "
                               f"fix: chown root:root {path} && chmod 600 {path}")
 
 

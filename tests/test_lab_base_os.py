@@ -199,7 +199,6 @@ def test_dockerd_can_be_killed_and_a_host_stopped_and_started(lab):
         return int(out or 0)
 
     killed = lab.kill_dockerd("redis-03")
-    assert docker_pid("redis-03") != killed
     deadline = time.monotonic() + 60
     while docker_pid("redis-03") in (0, killed):  # systemd restarts it (Restart=always)
         assert time.monotonic() < deadline, "dockerd did not come back within 60 s"

@@ -176,7 +176,13 @@ def failover(target: Target, settle_seconds: float = 180) -> Report:
     worker.start()
     stopped = False
     try:
-        _wait(lambda: len(publisher.result.confirmed) >= 200, 30)
+        if not _wait(lambda: len(publisher.result.confirmed) >= 200, 30):
+            # never stop a node when publishing through the LB does not even work
+            report.add("publishing through the LB does not work: no node stopped", ok=False)
+            stop.set()
+            worker.join(30)
+            consumer.stop()
+            return report
         at_stop = len(publisher.result.confirmed)
         began = time.monotonic()
         answer = _ssh(victim_ip, "systemctl stop rabbitmq")
@@ -187,14 +193,18 @@ def failover(target: Target, settle_seconds: float = 180) -> Report:
         report.add("publisher resumed through the LB" if resumed else "publisher did not resume within 60s",
                    ok=resumed)
     finally:
-        if stopped:
-            _ssh(victim_ip, "systemctl start rabbitmq")
-        members = wait_members(apis, len(nodes), settle_seconds)
-        stop.set()
-        worker.join(30)
+        try:
+            if stopped:
+                _ssh(victim_ip, "systemctl start rabbitmq")
+            members = wait_members(apis, len(nodes), settle_seconds)
+        finally:
+            stop.set()
+            worker.join(30)
     result = publisher.result
-    missing = consumer.wait_for(result.confirmed, seconds=60)
-    consumer.stop()
+    try:
+        missing = consumer.wait_for(result.confirmed, seconds=60)
+    finally:
+        consumer.stop()
     report.add(f"publish gap {result.max_gap:.2f}s (target <= {GAP_TARGET_S:.0f}s), reconnects {result.reconnects}",
                ok=result.max_gap <= GAP_TARGET_S)
     report.add(f"confirmed {len(result.confirmed)}, lost {len(missing)}, duplicates "

@@ -177,10 +177,12 @@ def failover(target: Target) -> Report:
         report.add("no Sentinel accepted SENTINEL FAILOVER", ok=False)
         return report
     after = None
+    followed = False
     deadline = t0 + FAILOVER_BOUND_S
     while time.monotonic() < deadline:
         after = majority(ask_sentinels(sentinel_ips, password), len(sentinel_ips))
         if after and after != before and all(haproxy_master(s.ip) == after for s in target.plan.group("haproxy")):
+            followed = True
             break
         time.sleep(0.2)
     old_master = no_retry_client(before.split(":")[0], REDIS_PORT, password, timeout=2)
@@ -195,7 +197,8 @@ def failover(target: Target) -> Report:
     if not after or after == before:
         report.add(f"master still {before} after {FAILOVER_BOUND_S} s", ok=False)
         return report
-    report.add(f"master {before} -> {after}; every HAProxy follows")
+    report.add(f"master {before} -> {after}; " + ("every HAProxy follows" if followed else
+               f"an HAProxy still points elsewhere after {FAILOVER_BOUND_S} s"), ok=followed)
     gap = probe.gap_after(t0)
     failed = sum(1 for w in probe.writes if not w.ok and w.t > t0)
     report.add(f"write gap through {target.lb}: {gap:.2f} s ({failed} failed attempts)" if gap is not None
