@@ -70,4 +70,4 @@ def test_no_secret_in_any_tracked_file():
 def test_credentials_and_lab_state_are_ignored_by_git():
     ignored = (ROOT / ".gitignore").read_text().split()
     assert "/.lab/" in ignored and ".venv/" in ignored
-    assert "*.env" in ignored
+    assert "*.env" in ignored and "/credentials/" in ignored  # the repo lives in /opt/keybuzz-installer
