@@ -29,3 +29,15 @@ def write_tsv(path: Path, rows) -> Path:
     lines = ["hostname\tprivate_ip\trole\tnote"] + ["\t".join(r) for r in rows]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def docker_time(iso: str) -> float:
+    """Docker's StartedAt (RFC 3339, nanoseconds, Z) as epoch seconds.
+
+    >>> docker_time("2026-11-26T15:56:52.827076165Z") - docker_time("2026-11-26T15:56:45.480899202Z")
+    7.34...
+    """
+    from datetime import datetime
+
+    stamp, _, frac = iso.rstrip("Z").partition(".")
+    return datetime.fromisoformat(stamp + "+00:00").timestamp() + float("0." + (frac or "0"))
