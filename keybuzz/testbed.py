@@ -34,6 +34,9 @@ def free_subnet(client, third_octets: range) -> str:
     used = {c["Subnet"] for n in client.networks.list() for c in (n.attrs.get("IPAM", {}).get("Config") or [])
             if "Subnet" in c}
     candidates = [f"192.168.{x}.0/24" for x in third_octets if f"192.168.{x}.0/24" not in used]
+    if not candidates:
+        raise RuntimeError(f"no free 192.168.x.0/24 for x in {third_octets.start}-{third_octets.stop - 1}: "
+                           "remove leftover Docker networks (docker network prune)")
     return random.choice(candidates)
 
 
