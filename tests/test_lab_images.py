@@ -176,7 +176,7 @@ def test_host_boots_systemd_and_takes_the_lab_key(refs, tmp_path):
     docker_dir.mkdir()
     name = f"kb-images-host-{uuid.uuid4().hex[:8]}"
     run = ["docker", "run", "-d", "--name", name, *images.HOST_RUN_ARGS, "-p", "127.0.0.1::22",
-           "-v", f"{docker_dir}:/var/lib/docker", "-v", f"{tmp_path / 'key.pub'}:{images.HOST_KEYS_PATH}:ro",
+           "-v", f"{docker_dir}:/var/lib/docker", "-v", f"{tmp_path / 'key.pub'}:{images.LAB_AUTHORIZED_FILE}:ro",
            refs["host"]]
     subprocess.run(run, check=True, capture_output=True)
     try:

@@ -36,7 +36,7 @@ dockerd 20.10, --privileged refused) by booting the host image and running `apt-
     containers, so limits set on a host container do not cover them.
   * the inner docker0 takes 172.17.0.0/16 unless a host address is in it, i.e. the same range as the
     outer docker0: harmless as long as lab hosts need not reach the outer docker0.
-  * ssh: the lab's public key is mounted read-only at /etc/ssh/lab_authorized_keys (HOST_KEYS_PATH),
+  * ssh: the lab's public key is mounted read-only at /etc/ssh/lab_authorized_keys (LAB_AUTHORIZED_FILE),
     which sshd reads besides ~/.ssh/authorized_keys, so ~root/.ssh stays the deploy's to manage as in
     production. Root logs in by key only. Host keys are made at first boot (each host its own).
   * `docker stop` is a clean systemd shutdown (STOPSIGNAL SIGRTMIN+3, under a second); after a
@@ -118,7 +118,7 @@ IMAGES: dict[str, Image] = {
 # Images pushed to the lab registry, by their key in versions.yaml.
 SERVICE_KEYS = {"redis": "redis_image", "haproxy": "haproxy_image", "rabbitmq": "rabbitmq_image"}
 
-HOST_KEYS_PATH = "/etc/ssh/lab_authorized_keys"
+LAB_AUTHORIZED_FILE = "/etc/ssh/lab_authorized_keys"
 HOST_RUN_ARGS = [
     "--cap-add=ALL", "--cap-drop=SYS_RESOURCE",
     "--security-opt", "seccomp=unconfined",
@@ -128,7 +128,7 @@ HOST_RUN_ARGS = [
     "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
     "--tmpfs", "/run", "--tmpfs", "/run/lock",
 ]
-# Per host, the lab adds:  -v <host dir>/docker:/var/lib/docker  -v <pubkey>:{HOST_KEYS_PATH}:ro
+# Per host, the lab adds:  -v <host dir>/docker:/var/lib/docker  -v <pubkey>:{LAB_AUTHORIZED_FILE}:ro
 #                          --hostname <name> --network <lab net> --ip <addr>
 
 

@@ -334,7 +334,7 @@ def start_hosts(image: str, progress: Callable[[str], None] = print) -> list[str
             # through the /etc/hosts block the base OS layer writes (restarts keep this one)
             "--network-alias", h.name,
             "-v", f"{docker_dir}:/var/lib/docker",
-            "-v", f"{pub}:{images.HOST_KEYS_PATH}:ro",
+            "-v", f"{pub}:{images.LAB_AUTHORIZED_FILE}:ro",
         ]
         if _ensure_container(h.container, args, image):
             created.append(h.name)
