@@ -24,7 +24,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import redis  # noqa: E402
 from redis.backoff import NoBackoff  # noqa: E402
 from redis.retry import Retry  # noqa: E402
 from redis.sentinel import Sentinel  # noqa: E402
@@ -41,27 +40,11 @@ class DirectSentinelProbe(WriteProbe):
         self.sentinel = Sentinel([(ip, 26379) for ip in sentinels], socket_timeout=0.5,
                                  sentinel_kwargs={"password": password, "socket_timeout": 0.5})
 
-    def _loop(self) -> None:
-        # same loop as WriteProbe, with a Sentinel-aware client
-        from keybuzz.redisha import Write
-
-        client = self.sentinel.master_for(MASTER_NAME, password=self.password, socket_timeout=0.5,
-                                          socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0),
-                                          decode_responses=True)
-        deadline = time.monotonic() + self.max_seconds
-        n = 0
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            key = f"{self.prefix}{n}"
-            n += 1
-            try:
-                pipe = client.pipeline(transaction=False)
-                pipe.set(key, "1", ex=self.ttl)
-                pipe.execute_command("WAIT", 1, self.wait_ms)
-                replies = pipe.execute()
-                self.writes.append(Write(time.monotonic(), key, True, replies[1] >= 1))
-            except (redis.RedisError, OSError):
-                self.writes.append(Write(time.monotonic(), key, False))
-            self._stop.wait(self.interval)
+    def _connect(self):
+        # the master the Sentinels name, asked again on every (re)connection
+        return self.sentinel.master_for(MASTER_NAME, password=self.password, socket_timeout=0.5,
+                                        socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0),
+                                        decode_responses=True)
 
 
 def _heal(tb: Testbed, timeout: float = 90) -> str:

@@ -319,12 +319,16 @@ class WriteProbe:
         self._stop.set()
         self._thread.join(timeout=10)
 
+    def _connect(self):
+        """The client the probe writes with (overridden by a probe that asks Sentinel for the master)."""
+        return no_retry_client(self.host, self.port, self.password)
+
     def _loop(self) -> None:
         import time
 
         import redis
 
-        client = no_retry_client(self.host, self.port, self.password)
+        client = self._connect()
         deadline = time.monotonic() + self.max_seconds
         n = 0
         while not self._stop.is_set() and time.monotonic() < deadline:
@@ -340,7 +344,7 @@ class WriteProbe:
             except (redis.RedisError, OSError) as e:
                 self.writes.append(Write(time.monotonic(), key, False, error=f"{type(e).__name__}: {e}"[:80]))
                 client.close()
-                client = no_retry_client(self.host, self.port, self.password)
+                client = self._connect()
             self._stop.wait(self.interval)
         client.close()
 
