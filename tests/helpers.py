@@ -10,6 +10,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
+# design §D, verbatim: the HAProxy layer must render exactly this block from the production plan
+DESIGN_D_BLOCK = """backend be_rabbitmq
+    mode tcp
+    option tcp-check
+    balance roundrobin
+    server queue-01 10.0.0.126:5672 check
+    server queue-02 10.0.0.127:5672 check
+    server queue-03 10.0.0.128:5672 check
+"""
+
 
 def run(args, env=None, cwd=ROOT, timeout=300, input=None) -> subprocess.CompletedProcess:
     """Run a project command (venv binaries first on PATH); output captured as text."""

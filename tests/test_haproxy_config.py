@@ -12,19 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from helpers import DESIGN_D_BLOCK
 from keybuzz.redisha import render_haproxy_cfg
 from keybuzz.servers import load_servers
 
 ROOT = Path(__file__).resolve().parent.parent
 
-DESIGN_D = """backend be_rabbitmq
-    mode tcp
-    option tcp-check
-    balance roundrobin
-    server queue-01 10.0.0.126:5672 check
-    server queue-02 10.0.0.127:5672 check
-    server queue-03 10.0.0.128:5672 check
-"""
 
 
 def _production_configs() -> dict[str, str]:
@@ -82,7 +75,7 @@ def test_be_redis_master_is_exactly_the_design_backend():
 
 
 def test_be_rabbitmq_is_the_design_text_verbatim():
-    assert DESIGN_D in _production_configs()["haproxy-01"]
+    assert DESIGN_D_BLOCK in _production_configs()["haproxy-01"]
 
 
 def test_postgres_and_pgbouncer_backends_come_from_the_db_group():

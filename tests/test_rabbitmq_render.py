@@ -7,19 +7,12 @@ from __future__ import annotations
 import re
 import subprocess
 
+from helpers import DESIGN_D_BLOCK
 from keybuzz import ROOT
 from keybuzz.render import render
 from keybuzz.servers import load_servers
 
 DESIGN = ROOT.parent / "shared" / "spec" / "design-definitif.md"
-SECTION_D_BLOCK = """backend be_rabbitmq
-    mode tcp
-    option tcp-check
-    balance roundrobin
-    server queue-01 10.0.0.126:5672 check
-    server queue-02 10.0.0.127:5672 check
-    server queue-03 10.0.0.128:5672 check
-"""
 
 
 def _conf(name="queue-02") -> str:
@@ -57,15 +50,15 @@ def test_user_file_holds_the_application_user_and_no_guest():
 
 
 def test_haproxy_be_rabbitmq_is_the_design_block_verbatim():
-    design = DESIGN.read_text() if DESIGN.exists() else SECTION_D_BLOCK
-    assert SECTION_D_BLOCK in design.replace("```haproxy\n", "")
+    design = DESIGN.read_text() if DESIGN.exists() else DESIGN_D_BLOCK
+    assert DESIGN_D_BLOCK in design.replace("```haproxy\n", "")
     plan = load_servers()
     cfg = render("haproxy/haproxy.cfg.j2", hostname="haproxy-01", private_ip="10.0.0.11", redis_master="10.0.0.21:6379",
                  db=[], rabbitmq=[(s.name, s.ip) for s in plan.group("rabbitmq")], private_network="10.0.0.0/24",
                  stats_port=8404, run_dir="/run/haproxy")
     block = cfg[cfg.index("\nbackend be_rabbitmq") + 1:]
     block = block[:block.index("\n\n")] + "\n" if "\n\n" in block else block
-    assert block == SECTION_D_BLOCK
+    assert block == DESIGN_D_BLOCK
     assert "bind 0.0.0.0:5672" in cfg and "bind 10.0.0.10" not in cfg  # §A: never bind the LB address
 
 
