@@ -11,18 +11,15 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 
 from invoke import Collection, Exit, task
 
-from keybuzz import ROOT, credentials
+from keybuzz import credentials, runner
 from keybuzz.errors import InputError
 from keybuzz.inventory import preflight
 from keybuzz.layers import LAYERS, ordered
-
-PYINFRA = str(ROOT / ".venv" / "bin" / "pyinfra") if (ROOT / ".venv/bin/pyinfra").exists() else "pyinfra"
 
 
 def _lab_env() -> dict:
@@ -50,41 +47,29 @@ def _get_layer(name: str):
     return layer
 
 
-def run_layer(c, layer, verbose: int = 0) -> None:
-    """Validate inputs, then `pyinfra -y inventory.py deploys/<layer>.py`; raise Exit on failure."""
+def run_layer(layer, verbose: int = 0) -> None:
+    """Validate inputs, then `pyinfra -y inventory.py deploys/<layer>.py` (keybuzz.runner); raise Exit on failure."""
     try:
         preflight([layer])
     except InputError as e:
         raise _fail(str(e)) from None
-    flags = ("-" + "v" * verbose) if verbose else ""
     print(f"==> layer {layer.name}: {layer.help}", flush=True)
-    result = c.run(f"{PYINFRA} -y {flags} inventory.py {layer.deploy}", warn=True, pty=False, env=os.environ.copy())
-    if result.exited != 0:
-        raise _fail(f"layer {layer.name} failed (pyinfra exit {result.exited}); fix the error above and re-run")
+    result = runner.deploy(layer, progress=lambda line: print(line, flush=True), verbose=verbose)
+    if not result.ok:
+        raise _fail(f"layer {layer.name} failed; fix the error above and re-run")
+    print(f"==> layer {layer.name}: {result.changes} changes in {result.seconds:.0f} s", flush=True)
 
 
 def run_checks(layer, failover=False, perf=False) -> bool:
     """Run the layer's checks (diag, then --failover / --perf); print each report; bad input -> Exit."""
+    kinds = ["diag", *(["failover"] if failover else []), *(["perf"] if perf else [])]
     try:
-        return _run_checks(layer, failover, perf)
+        reports = runner.run_checks(layer, kinds)
     except InputError as e:
         raise _fail(str(e)) from None
-
-
-def _run_checks(layer, failover, perf) -> bool:
-    if not layer.check:
-        return True
-    module = importlib.import_module(f"keybuzz.checks.{layer.check}")
-    from keybuzz.checks import Target
-
-    target = Target.from_env()
-    ok = True
-    for kind, wanted in (("diag", True), ("failover", failover), ("perf", perf)):
-        if wanted:
-            report = getattr(module, kind)(target)
-            print(report, flush=True)
-            ok = ok and report.ok
-    return ok
+    for report in reports:
+        print(report, flush=True)
+    return all(r.ok for r in reports)
 
 
 @task(help={"name": f"one of: {', '.join(LAYERS)}", "lab": "target the local lab", "verbose": "pyinfra -v level"},
@@ -93,7 +78,7 @@ def layer(c, name, lab=False, verbose=0):
     """Deploy one layer (pyinfra), then run its diag check."""
     _apply_env(lab)
     chosen = _get_layer(name)
-    run_layer(c, chosen, verbose)
+    run_layer(chosen, verbose)
     if not run_checks(chosen):
         raise _fail(f"layer {name} deployed but its checks failed")
 
@@ -106,7 +91,7 @@ def all_layers(c, lab=False):
         if not chosen.exists():
             print(f"==> layer {chosen.name}: not implemented yet, skipped")
             continue
-        run_layer(c, chosen)
+        run_layer(chosen)
         if not run_checks(chosen):
             raise _fail(f"checks of layer {chosen.name} failed; later layers not run")
 
@@ -117,8 +102,8 @@ def check(c, name, failover=False, perf=False, lab=False):
     """Diag of a layer (design §G); --failover and --perf add the heavier checks."""
     _apply_env(lab)
     chosen = LAYERS.get(name)
-    if chosen is None or not chosen.check:
-        with_checks = [n for n, layer_ in LAYERS.items() if layer_.check]
+    if chosen is None or not chosen.has_checks():
+        with_checks = [n for n, layer_ in LAYERS.items() if layer_.has_checks()]
         raise _fail(f"no checks for {name!r}; layers with checks: {', '.join(with_checks)}")
     if not run_checks(chosen, failover, perf):
         raise Exit(code=1)

@@ -1,6 +1,6 @@
 """Benchmark: publish gap through the load balancer when the quorum queue leader's node dies (design §D).
 
-On a throw-away testbed (keybuzz/rabbitmq_testbed.py: queue-01..03 from the project's templates,
+On a throw-away testbed (keybuzz/rabbitmq/testbed.py: queue-01..03 from the project's templates,
 HAProxy from templates/haproxy/haproxy.cfg.j2), for each kill:
   1. a confirmed publisher streams to one quorum queue through HAProxy, a consumer drains it;
   2. the node holding the queue's leader is SIGKILLed (docker kill);
@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from keybuzz.amqp import ConfirmedPublisher, Consumer, delete_queue, place_on_node  # noqa: E402
-from keybuzz.rabbitmq_testbed import NAMES, Testbed, wait_for  # noqa: E402
+from keybuzz.rabbitmq.client import ConfirmedPublisher, Consumer, delete_queue, place_on_node  # noqa: E402
+from keybuzz.rabbitmq.testbed import NAMES, Testbed, wait_for  # noqa: E402
 
 TARGET_GAP_S = 10.0
 

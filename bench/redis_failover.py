@@ -4,7 +4,7 @@
   * through HAProxy with the design's literal minimum (15 s timer only, Sentinel defaults: down-after 30 s),
   * a client that asks Sentinel directly (redis-py Sentinel: the floor any LB-based scheme can reach).
 
-Each configuration runs on its own container testbed (keybuzz/redis_testbed.py: 3 Redis + 3 Sentinel +
+Each configuration runs on its own container testbed (keybuzz/redis/testbed.py: 3 Redis + 3 Sentinel +
 HAProxy from the project's rendered files). On each kill three probes write every 20 ms at the same time:
 through HAProxy with `WAIT 1` (acknowledged = a replica has it), through HAProxy plain, and the direct
 Sentinel client. Gap = last acknowledged write before the kill -> first one after it.
@@ -28,8 +28,9 @@ from redis.backoff import NoBackoff  # noqa: E402
 from redis.retry import Retry  # noqa: E402
 from redis.sentinel import Sentinel  # noqa: E402
 
-from keybuzz.redis_testbed import Testbed  # noqa: E402
-from keybuzz.redisha import MASTER_NAME, RedisSettings, WriteProbe  # noqa: E402
+from keybuzz.redis.client import WriteProbe  # noqa: E402
+from keybuzz.redis.settings import MASTER_NAME, RedisSettings  # noqa: E402
+from keybuzz.redis.testbed import Testbed  # noqa: E402
 
 
 class DirectSentinelProbe(WriteProbe):

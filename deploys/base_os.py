@@ -20,41 +20,23 @@ On every host (all roles but install):
 A second run changes nothing.
 """
 
-from io import BytesIO, StringIO
+from io import BytesIO
 
 from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, StringCommand, operation
-from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import FileContents
 from pyinfra.facts.server import Command, Sysctl
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
+from keybuzz.base_os.settings import HOSTS_BEGIN, HOSTS_END, SYSCTL_FILE, SYSCTLS
 from keybuzz.context import layer_context
+from keybuzz.layers import data_dirs
+from keybuzz.ops import apt_packages, template
 from keybuzz.render import render
 
 ctx = layer_context("base_os")
 
-# Kernel settings: Redis wants overcommit (background saves fork) and a listen backlog of at least its
-# tcp-backlog (511); 4096 is the current kernel default, written so that older kernels get it too.
-SYSCTLS = {"vm.overcommit_memory": 1, "net.core.somaxconn": 4096}
-SYSCTL_FILE = "/etc/sysctl.d/60-keybuzz.conf"
-
-# /opt/keybuzz/<dir> per role: the layer of that role puts its config and data below.
-DATA_DIRS = {
-    "haproxy": ("haproxy",),
-    "db": ("postgres",),
-    "redis": ("redis",),
-    "rabbitmq": ("rabbitmq",),
-    "minio": ("minio",),
-    "mariadb": ("mariadb",),
-    "proxysql": ("proxysql",),
-    "k3s_masters": ("k3s",),
-    "k3s_workers": ("k3s",),
-}
-
-HOSTS_BEGIN = "# BEGIN KEYBUZZ HOSTS"
-HOSTS_END = "# END KEYBUZZ HOSTS"
 
 
 @operation()
@@ -64,7 +46,8 @@ def etc_hosts_block(block: str, path: str = "/etc/hosts"):
     Rewrites the file in place when it cannot be replaced: a container's /etc/hosts is a bind
     mount that `mv` cannot replace (pyinfra's files.block does).
 
-    Example:
+    Example::
+
         etc_hosts_block(name="Name every host in /etc/hosts", block=render("base_os/hosts.j2", ...))
     """
     wanted = [line.strip() for line in block.strip("\n").splitlines()]
@@ -117,40 +100,15 @@ def apply_sysctls(path: str, wanted: dict):
 
 files.directory(name="Create /etc/docker", path="/etc/docker", user="root", group="root", mode="755")
 # Written before the package is installed, so that the first dockerd already starts with it.
-daemon_json = files.put(
-    name="Install /etc/docker/daemon.json (registry settings of versions.yaml)",
-    src=StringIO(render("base_os/daemon.json.j2", insecure_registries=ctx.versions["insecure_registries"],
-                        registry_mirror=ctx.versions["registry_mirror"] or "")),
-    dest="/etc/docker/daemon.json",
-    user="root", group="root", mode="644",
-)
+daemon_json = template("base_os/daemon.json.j2", "/etc/docker/daemon.json",
+                       insecure_registries=ctx.versions["insecure_registries"],
+                       registry_mirror=ctx.versions["registry_mirror"] or "")
 
 PACKAGES = [ctx.versions["docker_engine_package"], "ca-certificates", "systemd-timesyncd", "procps"]
 
 
-def missing_packages(packages: list[str], installed: dict) -> list[str]:
-    """Packages (`name` or `name=version`) not installed at that version.
-
-    >>> missing_packages(["docker.io=20.10.24", "procps"], {"procps": ["2:4.0.2-3"]})
-    ['docker.io=20.10.24']
-    """
-    out = []
-    for package in packages:
-        name, _, version = package.partition("=")
-        have = installed.get(name, [])
-        if not have or (version and version not in have):
-            out.append(package)
-    return out
-
-
-if missing_packages(PACKAGES, host.get_fact(DebPackages)):
-    # only when something is to be installed: a second run does not touch the package lists
-    apt.update(name="Update the apt package lists")
-apt.packages(
-    name=f"Install Docker Engine ({ctx.versions['docker_engine_package']}), CA certificates, time sync, procps",
-    packages=PACKAGES,
-    no_recommends=True,
-)
+apt_packages(PACKAGES, f"Docker Engine ({ctx.versions['docker_engine_package']}), CA certificates, time sync, "
+             "procps", no_recommends=True)
 if "docker.io" not in (host.get_fact(Command, command="apt-mark showhold") or "").split():
     server.shell(name="Hold docker.io at its pinned version", commands=["apt-mark hold docker.io"])
 
@@ -174,17 +132,13 @@ systemd.service(
 
 # --- kernel settings -------------------------------------------------------------------------------------
 
-files.put(
-    name=f"Install {SYSCTL_FILE}",
-    src=StringIO(render("base_os/sysctl.conf.j2", sysctls=SYSCTLS)),
-    dest=SYSCTL_FILE, user="root", group="root", mode="644",
-)
+template("base_os/sysctl.conf.j2", SYSCTL_FILE, sysctls=SYSCTLS)
 apply_sysctls(name="Apply kernel settings", path=SYSCTL_FILE, wanted=SYSCTLS)
 
 # --- data directories ------------------------------------------------------------------------------------
 
 files.directory(name="Create /opt/keybuzz", path="/opt/keybuzz", user="root", group="root", mode="755")
-for data_dir in DATA_DIRS.get(host.data.get("role"), ()):
+for data_dir in data_dirs(host.data.get("role")):
     files.directory(name=f"Create /opt/keybuzz/{data_dir}", path=f"/opt/keybuzz/{data_dir}",
                     user="root", group="root", mode="755")
 

@@ -18,132 +18,78 @@ address already in the host's haproxy.cfg is kept (never fight redis-update-mast
 first install redis-01. A second run reports no change.
 """
 
-from io import BytesIO, StringIO
+from io import StringIO
 
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, HiddenValue, StringCommand, operation
-from pyinfra.facts.deb import DebPackages
-from pyinfra.facts.files import FileContents, Sha256File
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.api import HiddenValue
+from pyinfra.facts.files import FileContents
+from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from keybuzz import ROOT
 from keybuzz.context import layer_context
-from keybuzz.ops import container_unit, restart_if, secret_file
-from keybuzz.redisha import (
+from keybuzz.haproxy.settings import (
+    CFG,
+    CHECK_TOOL,
+    CONF_DIR,
     CONTAINER_CFG_DIR,
-    HAPROXY_CONF_DIR,
-    HAPROXY_RUN_DIR,
-    REDIS_ENV_FILE,
-    REDIS_PORT,
+    HAPROXY_UID,
+    RUN_DIR,
     UPDATE_CONF_FILE,
-    cluster_view,
-    env_file,
+    cfg_master,
     render_haproxy_cfg,
     render_update_conf,
-    valid_addr,
 )
-from keybuzz.redisha_ops import owned_directory
-from keybuzz.render import render
+from keybuzz.ops import apt_packages, container_unit, owned_directory, restart_if, secret_file, template, validated_file
+from keybuzz.redis.client import cluster_view
+from keybuzz.redis.settings import REDIS_ENV_FILE, REDIS_PORT, env_file
 
 ctx = layer_context("haproxy")
 PASSWORD = ctx.secrets("redis")["REDIS_PASSWORD"]
 REDIS_IPS = [ip for _, ip in ctx.addresses("redis")]
 ME = host.data.private_ip
 IMAGE = ctx.image("haproxy_image")
-CFG = f"{HAPROXY_CONF_DIR}/haproxy.cfg"
-CHECK = "/usr/local/sbin/keybuzz-haproxy-check"
-HAPROXY_UID = "99"  # user haproxy of the official image (and of the lab image)
-PACKAGES = ["redis-tools", "socat"]
-TEMPLATES = ROOT / "templates" / "haproxy"
-
-_view_cache: dict = {}
-
-
-def cfg_master(lines: list[str] | None) -> str | None:
-    """'ip:port' of `server redis-master` in backend be_redis_master of a haproxy.cfg (lines), else None.
-
-    >>> cfg_master(["backend be_redis_master", "    server redis-master 10.0.0.21:6379 check"])
-    '10.0.0.21:6379'
-    """
-    in_backend = False
-    for line in lines or []:
-        words = line.split()
-        if words and words[0] in ("backend", "frontend", "listen", "defaults", "global"):
-            in_backend = words[:2] == ["backend", "be_redis_master"]
-        elif in_backend and words[:2] == ["server", "redis-master"] and len(words) > 2:
-            return words[2] if valid_addr(words[2]) else None
-    return None
 
 
 def redis_master_for_cfg() -> str:
-    """The Sentinels' majority; else what this host's haproxy.cfg says; else redis-01 (first install)."""
-    if "view" not in _view_cache:
-        _view_cache["view"] = cluster_view(REDIS_IPS, PASSWORD.unmask())
-    view = _view_cache["view"]
+    """The Sentinels' majority (asked once per run); else what this host's haproxy.cfg says; else redis-01
+    (first install)."""
+    view = ctx.ask_once("the Sentinels who the master is", lambda: cluster_view(REDIS_IPS, PASSWORD.unmask()))
     if view.master:
         return f"{view.master}:{REDIS_PORT}"
     return cfg_master(host.get_fact(FileContents, path=CFG)) or f"{REDIS_IPS[0]}:{REDIS_PORT}"
 
 
-@operation()
-def validated_config(dest: str, content: str, check: str):
-    """Install `content` at `dest` only after `check <candidate>` (haproxy -c) accepts it; atomic rename.
-
-    Example:
-        validated_config(name="Install haproxy.cfg", dest=CFG, content=text, check=CHECK)
-    """
-    import hashlib
-
-    data = content.encode()
-    if host.get_fact(Sha256File, path=dest) == hashlib.sha256(data).hexdigest():
-        host.noop(f"{dest} is up to date")
-        return
-    tmp = f"{dest}.keybuzz-new"
-    yield FileUploadCommand(BytesIO(data), tmp)
-    # a refused candidate is removed and fails the operation: the old file stays in place
-    yield StringCommand(f"chmod 644 {tmp} && {check} {tmp} || {{ rm -f {tmp}; exit 1; }}")
-    yield StringCommand("mv", "-f", tmp, dest)
-
-
 # --- packages, directories, scripts --------------------------------------------------------------------
 
-if [p for p in PACKAGES if p not in host.get_fact(DebPackages)]:
-    apt.update(name="Update the apt package lists")
-apt.packages(name="Install redis-cli (redis-tools) and socat for redis-update-master.sh", packages=PACKAGES)
+apt_packages(["redis-tools", "socat"], "redis-cli (redis-tools) and socat for redis-update-master.sh")
 
 files.directory(name="Create /etc/keybuzz", path="/etc/keybuzz", user="root", group="root", mode="755")
-files.directory(name=f"Create {HAPROXY_CONF_DIR}", path=HAPROXY_CONF_DIR, user="root", group="root", mode="755")
-owned_directory(name=f"Create {HAPROXY_RUN_DIR} (sockets, haproxy user only)", path=HAPROXY_RUN_DIR,
+files.directory(name=f"Create {CONF_DIR}", path=CONF_DIR, user="root", group="root", mode="755")
+owned_directory(name=f"Create {RUN_DIR} (sockets, haproxy user only)", path=RUN_DIR,
                 uid=HAPROXY_UID, gid=HAPROXY_UID, mode="750")
 
 env_op = secret_file(name=f"Install {REDIS_ENV_FILE} (REDIS_PASSWORD for the Sentinel queries, root 0600)",
                      dest=REDIS_ENV_FILE, content=HiddenValue(env_file(PASSWORD.unmask())))
 conf_op = files.put(name=f"Install {UPDATE_CONF_FILE}", src=StringIO(render_update_conf(REDIS_IPS, REDIS_IPS)),
                     dest=UPDATE_CONF_FILE, user="root", group="root", mode="644")
-check_op = files.put(name=f"Install {CHECK} (haproxy -c with the pinned image)",
-                     src=StringIO(render("haproxy/keybuzz-haproxy-check.j2", image=IMAGE)),
-                     dest=CHECK, user="root", group="root", mode="755")
-script_ops = [
-    files.put(name=f"Install /usr/local/bin/{script}", src=str(TEMPLATES / script),
-              dest=f"/usr/local/bin/{script}", user="root", group="root", mode="755")
-    for script in ("redis-update-master.sh", "redis-master-watch.sh")
-]
+check_op = template("haproxy/keybuzz-haproxy-check.j2", CHECK_TOOL, mode="755", image=IMAGE)
+script_ops = [template(f"haproxy/{script}", f"/usr/local/bin/{script}", mode="755")
+              for script in ("redis-update-master.sh", "redis-master-watch.sh")]
 
 # --- HAProxy -------------------------------------------------------------------------------------------
 
 unit = container_unit(
     "haproxy", IMAGE,
-    command=f"haproxy -S {HAPROXY_RUN_DIR}/master.sock,mode,600 -f {CONTAINER_CFG_DIR}/haproxy.cfg",
-    run_args=["-v", f"{HAPROXY_CONF_DIR}:{CONTAINER_CFG_DIR}:ro", "-v", f"{HAPROXY_RUN_DIR}:{HAPROXY_RUN_DIR}"],
-    reload=f"/bin/sh -c '{CHECK} {CFG} && /usr/bin/docker kill -s USR2 haproxy'",
+    command=f"haproxy -S {RUN_DIR}/master.sock,mode,600 -f {CONTAINER_CFG_DIR}/haproxy.cfg",
+    run_args=["-v", f"{CONF_DIR}:{CONTAINER_CFG_DIR}:ro", "-v", f"{RUN_DIR}:{RUN_DIR}"],
+    reload=f"/bin/sh -c '{CHECK_TOOL} {CFG} && /usr/bin/docker kill -s USR2 haproxy'",
     description="KeyBuzz HAProxy (5432, 6432, 6379, 5672)",
 )
-cfg_op = validated_config(
+cfg_op = validated_file(
     name="Install haproxy.cfg (validated with haproxy -c first)",
-    dest=CFG, check=CHECK,
-    content=render_haproxy_cfg(host.name, ME, redis_master_for_cfg(), db=ctx.addresses("db"),
-                               rabbitmq=ctx.addresses("rabbitmq")),
+    dest=CFG, check=CHECK_TOOL,
+    content=render_haproxy_cfg(host.name, ME, {layer: ctx.addresses(layer) for layer in ctx.layer.renders},
+                               redis_master=redis_master_for_cfg()),
 )
 restart_if("haproxy", *unit, serial=True)
 server.shell(name="Reload haproxy (config changed; established connections stay)",
@@ -157,11 +103,8 @@ server.shell(name="Follow the current Redis master again after the reload (redis
 
 # --- §C follow-up: timer (boot + 15 s) and +switch-master watcher ----------------------------------------
 
-units = [
-    files.put(name=f"Install {name}", src=str(TEMPLATES / name), dest=f"/etc/systemd/system/{name}",
-              user="root", group="root", mode="644")
-    for name in ("redis-update-master.service", "redis-update-master.timer", "redis-master-watch.service")
-]
+units = [template(f"haproxy/{name}", f"/etc/systemd/system/{name}")
+         for name in ("redis-update-master.service", "redis-update-master.timer", "redis-master-watch.service")]
 systemd.daemon_reload(name="systemd daemon-reload (follow-up units)", _if=any_changed(*units))
 systemd.service(name="Enable and start redis-update-master.timer", service="redis-update-master.timer",
                 running=True, enabled=True)

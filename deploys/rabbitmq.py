@@ -22,56 +22,16 @@ Then, once for the cluster: users, vhosts (default queue type quorum), permissio
 A second run changes nothing.
 """
 
-from io import BytesIO
-
 from pyinfra import host
 from pyinfra.api import FactBase, HiddenValue, operation
 from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from keybuzz.context import layer_context
-from keybuzz.ops import container_unit, secret_file
+from keybuzz.facts import ServiceActive, UserOfUid
+from keybuzz.ops import container_unit, secret_file, template
+from keybuzz.rabbitmq.settings import BASE, CONF, DATA, RABBITMQ_UID, SCRIPT, USER_CONF, VHOSTS, WAIT_SECONDS
 from keybuzz.render import render
-
-BASE = "/opt/keybuzz/rabbitmq"
-CONF = f"{BASE}/conf"
-DATA = f"{BASE}/data"
-SCRIPT = f"{BASE}/bin/keybuzz-rabbitmq"
-USER_CONF = f"{CONF}/conf.d/20-keybuzz-user.conf"
-# uid of the rabbitmq user in the pinned image (official rabbitmq images and the lab image alike);
-# only the uid matters: every file it reads is owner-only.
-RABBITMQ_UID = "999"
-# The KeyBuzz vhost(s): quorum is their default queue type (a queue declared without x-queue-type
-# is a quorum queue); the application user gets full permissions on them.
-VHOSTS = ("/",)
-# Bound of every wait of the node script (boot, join, quorum-critical): a stuck node fails the run.
-WAIT_SECONDS = 300
-
-
-class ServiceActive(FactBase):
-    """True when the systemd unit `service` is active.
-
-    Example: host.get_fact(ServiceActive, service="rabbitmq") -> True
-    """
-
-    def command(self, service):
-        return f"systemctl is-active {service} || true"
-
-    def process(self, output):
-        return bool(output) and output[0].strip() == "active"
-
-
-class UserOfUid(FactBase):
-    """Name of the host account with this uid, or None (file ownership facts show names, not uids).
-
-    Example: host.get_fact(UserOfUid, uid="999") -> "systemd-coredump" on many Debian 12 hosts
-    """
-
-    def command(self, uid):
-        return f"getent passwd {uid} | cut -d: -f1 || true"
-
-    def process(self, output):
-        return output[0].strip() if output and output[0].strip() else None
 
 
 class RabbitmqSetupNeeded(FactBase):
@@ -141,16 +101,9 @@ def deploy() -> None:
         files.directory(name=f"Directory {path}", path=path, user="root", group="root", mode=mode)
     files.directory(name=f"Directory {DATA}", path=DATA, user=owner, group="root", mode="750")
 
-    conf = files.put(
-        name="rabbitmq.conf",
-        src=BytesIO(render("rabbitmq/rabbitmq.conf.j2", peers=[name for name, _ in peers],
-                           private_ip=private_ip).encode()),
-        dest=f"{CONF}/rabbitmq.conf", user="root", group="root", mode="644",
-    )
-    plugins = files.put(
-        name="enabled_plugins", src=BytesIO(render("rabbitmq/enabled_plugins.j2").encode()),
-        dest=f"{CONF}/enabled_plugins", user="root", group="root", mode="644",
-    )
+    conf = template("rabbitmq/rabbitmq.conf.j2", f"{CONF}/rabbitmq.conf", peers=[name for name, _ in peers],
+                    private_ip=private_ip)
+    plugins = template("rabbitmq/enabled_plugins", f"{CONF}/enabled_plugins")
     # The user file only matters at the cluster's first boot (later changes go through `setup`),
     # so a changed password never restarts a node.
     secret_file(
@@ -164,12 +117,8 @@ def deploy() -> None:
         name="Erlang cookie", dest=f"{DATA}/.erlang.cookie", content=creds["RABBITMQ_ERLANG_COOKIE"],
         user=owner, group="root", mode="400",
     )
-    files.put(
-        name="keybuzz-rabbitmq (node script)",
-        src=BytesIO(render("rabbitmq/keybuzz-rabbitmq.sh.j2", peers=[name for name, _ in peers], vhosts=VHOSTS,
-                           user_conf=USER_CONF, wait_seconds=WAIT_SECONDS, uid=RABBITMQ_UID).encode()),
-        dest=SCRIPT, user="root", group="root", mode="700",
-    )
+    template("rabbitmq/keybuzz-rabbitmq.sh.j2", SCRIPT, mode="700", peers=[name for name, _ in peers],
+             vhosts=VHOSTS, user_conf=USER_CONF, wait_seconds=WAIT_SECONDS, uid=RABBITMQ_UID)
 
     run_args = [
         "--user", RABBITMQ_UID,

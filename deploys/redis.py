@@ -19,78 +19,51 @@ What a re-run never does (it would break a running cluster):
 A second run reports no change.
 """
 
-from io import BytesIO, StringIO
+from io import StringIO
 
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, HiddenValue, StringCommand, operation
+from pyinfra.api import HiddenValue
 from pyinfra.api.exceptions import DeployError
-from pyinfra.facts.files import File
 from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from keybuzz.context import layer_context
-from keybuzz.ops import _raw, container_unit, secret_file
-from keybuzz.redisha import (
+from keybuzz.ops import container_unit, owned_directory, secret_file, template
+from keybuzz.redis.client import PasswordMismatch, cluster_view, redis_drift, sentinel_drift
+from keybuzz.redis.settings import (
+    GID,
     REDIS_ENV_FILE,
     REDIS_ROOT,
-    PasswordMismatch,
+    SETTINGS_TOOL,
+    UID,
     RedisSettings,
-    cluster_view,
     env_file,
-    redis_drift,
     render_redis_conf,
     render_sentinel_conf,
     render_settings_file,
-    sentinel_drift,
 )
-from keybuzz.redisha_ops import owned_directory
-from keybuzz.render import render
 
 ctx = layer_context("redis")
 PASSWORD = ctx.secrets("redis")["REDIS_PASSWORD"]  # HiddenValue: unmasked only inside file contents
-NODES = ctx.addresses("redis")
-NODE_IPS = [ip for _, ip in NODES]
+NODE_IPS = [ip for _, ip in ctx.addresses("redis")]
 ME = host.data.private_ip
 SETTINGS = RedisSettings.from_host_data(host.data)
 IMAGE = ctx.image("redis_image")
-UID, GID = "999", "1000"  # the redis user of the official image (and of the lab image)
-
-_view_cache: dict = {}
 
 
 def current_master() -> str:
     """IP of the master: the Sentinels' majority; redis-01 only when no Sentinel knows keybuzz-master yet.
 
-    Refuses (DeployError: one line, no traceback) when some Sentinels answer but no majority agrees:
-    deploying then could create a second master.
+    Asked once per run (every host acts on the same answer). Refuses (DeployError: one line, no traceback)
+    when some Sentinels answer but no majority agrees: deploying then could create a second master.
     """
-    if "view" not in _view_cache:  # the deploy file runs once per host: ask the Sentinels once per run
-        _view_cache["view"] = cluster_view(NODE_IPS, PASSWORD.unmask())
-    view = _view_cache["view"]
+    view = ctx.ask_once("the Sentinels who the master is", lambda: cluster_view(NODE_IPS, PASSWORD.unmask()))
     if view.master:
         return view.master
     if view.answered:
         raise DeployError("the Sentinels answer but no majority agrees on the master of keybuzz-master; "
-                           "run `invoke check --name redis` and repair before deploying")
+                          "run `invoke check --name redis` and repair before deploying")
     return NODE_IPS[0]
-
-
-@operation()
-def bootstrap_secret_file(dest: str, content, user: str, group: str, mode: str = "600"):
-    """Write a secret file only when it does not exist (afterwards its owner, Redis or Sentinel, rewrites it).
-
-    Example:
-        bootstrap_secret_file(name="Bootstrap sentinel.conf", dest=".../sentinel.conf", content=HiddenValue(t),
-                              user="999", group="1000")
-    """
-    if host.get_fact(File, path=dest):
-        host.noop(f"{dest} exists and belongs to the service now")
-        return
-    tmp = f"{dest}.keybuzz-new"
-    yield StringCommand("install", "-m", "600", "-o", "root", "-g", "root", "/dev/null", tmp)
-    yield FileUploadCommand(BytesIO(_raw(content)), tmp)
-    yield StringCommand("chown", f"{user}:{group}", tmp, "&&", "chmod", mode, tmp, "&&", "mv", "-n", tmp, dest,
-                        "&&", "rm", "-f", tmp)
 
 
 MASTER = current_master()
@@ -106,23 +79,21 @@ for sub, mode in (("conf", "700"), ("data", "750"), ("sentinel", "700")):
 env_op = secret_file(name=f"Install {REDIS_ENV_FILE} (REDIS_PASSWORD, root 0600)", dest=REDIS_ENV_FILE,
                      content=HiddenValue(env_file(PASSWORD.unmask())))
 
-bootstrap_secret_file(
+secret_file(
     name="Bootstrap redis.conf (only if absent: Redis and Sentinel own it afterwards)",
-    dest=f"{REDIS_ROOT}/conf/redis.conf", user=UID, group=GID,
+    dest=f"{REDIS_ROOT}/conf/redis.conf", user=UID, group=GID, only_if_absent=True,
     content=HiddenValue(render_redis_conf(host.name, f"{ME} 127.0.0.1", PASSWORD.unmask(), SETTINGS,
                                       None if IS_MASTER else MASTER)),
 )
-bootstrap_secret_file(
+secret_file(
     name="Bootstrap sentinel.conf (only if absent: Sentinel owns it afterwards)",
-    dest=f"{REDIS_ROOT}/sentinel/sentinel.conf", user=UID, group=GID,
+    dest=f"{REDIS_ROOT}/sentinel/sentinel.conf", user=UID, group=GID, only_if_absent=True,
     content=HiddenValue(render_sentinel_conf(host.name, f"{ME} 127.0.0.1", PASSWORD.unmask(), SETTINGS, MASTER)),
 )
 files.put(name="Install the runtime settings list (settings.conf, no secret)",
           src=StringIO(render_settings_file(SETTINGS)), dest=f"{REDIS_ROOT}/settings.conf",
           user="root", group="root", mode="644")
-files.put(name="Install /usr/local/sbin/keybuzz-redis-settings",
-          src=StringIO(render("redis/keybuzz-redis-settings")), dest="/usr/local/sbin/keybuzz-redis-settings",
-          user="root", group="root", mode="700")
+template("redis/keybuzz-redis-settings", SETTINGS_TOOL, mode="700")
 
 # --- units ---------------------------------------------------------------------------------------------
 
@@ -142,7 +113,7 @@ for service in ("redis", "redis-sentinel"):
 
 # A changed definition restarts: replicas first (one at a time, each back in sync before the next), master
 # last. pyinfra runs operations in code order, so the replica operation finishes on every host first.
-RESTART_REDIS = ["systemctl restart redis", "/usr/local/sbin/keybuzz-redis-settings wait-synced"]
+RESTART_REDIS = ["systemctl restart redis", f"{SETTINGS_TOOL} wait-synced"]
 if not IS_MASTER:
     server.shell(name="Restart redis (replica, its definition changed) and wait until in sync",
                  commands=RESTART_REDIS, _if=any_changed(*redis_unit), _serial=True)
@@ -151,7 +122,7 @@ if IS_MASTER:
                  commands=RESTART_REDIS, _if=any_changed(*redis_unit), _serial=True)
 server.shell(
     name="Restart redis-sentinel (its definition changed) and wait until it sees its peers",
-    commands=["systemctl restart redis-sentinel", "/usr/local/sbin/keybuzz-redis-settings wait-sentinel"],
+    commands=["systemctl restart redis-sentinel", f"{SETTINGS_TOOL} wait-sentinel"],
     _if=any_changed(*sentinel_unit), _serial=True,
 )
 
@@ -164,4 +135,4 @@ except PasswordMismatch as e:
     raise DeployError(f"{e}; rotating the password is a manual procedure (README, Redis)") from None
 if _drift:
     server.shell(name=f"Apply changed runtime settings ({', '.join(_drift)}) with CONFIG SET / SENTINEL SET",
-                 commands=["/usr/local/sbin/keybuzz-redis-settings apply"], _serial=True)
+                 commands=[f"{SETTINGS_TOOL} apply"], _serial=True)

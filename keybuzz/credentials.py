@@ -4,11 +4,12 @@ Values come back as pyinfra `HiddenValue`s: printing one shows `*MASKED*`; code 
 secret into a file or a container calls `.unmask()` at the last moment. Only "credentials <brick>
 loaded" is ever logged, never a value.
 
-Example:
-    >>> creds = load("redis")                 # /opt/keybuzz-installer/credentials/redis.env
-    credentials redis loaded
-    >>> creds["REDIS_PASSWORD"]
-    '*MASKED*'
+Example::
+
+    creds = load("redis")                 # /opt/keybuzz-installer/credentials/redis.env
+    # -> credentials redis loaded
+    creds["REDIS_PASSWORD"]
+    # -> '*MASKED*'
 
 The backend is chosen by $KEYBUZZ_SECRETS_BACKEND: `file` (default) or `vault` (the seam for the
 future Vault, §H.3: `secret/keybuzz/global/<brick>`, `secret/keybuzz/tenant_<ID>/<kind>`).
@@ -42,6 +43,8 @@ BRICKS: dict[str, dict[str, object]] = {
         "POSTGRES_SUPERUSER": "postgres", "POSTGRES_SUPERPASS": _random,
         "POSTGRES_APP_USER": "keybuzz", "POSTGRES_APP_PASS": _random,
         "POSTGRES_REPLICATION_USER": "replicator", "POSTGRES_REPLICATION_PASS": _random,
+        # Patroni's REST API: its unsafe endpoints (switchover, restart, config) need them
+        "PATRONI_API_USER": "patroni", "PATRONI_API_PASS": _random,
     },
     "redis": {"REDIS_PASSWORD": _random},
     "rabbitmq": {"RABBITMQ_USER": "keybuzz", "RABBITMQ_PASSWORD": _random, "RABBITMQ_ERLANG_COOKIE": _random},

@@ -5,21 +5,23 @@ deploy (`pyinfra inventory.py deploys/redis.py`), only the hosts that layer touc
 inventory, and their addresses, versions.yaml and the layer's credentials are checked before
 pyinfra contacts any host.
 
-Example:
-    >>> groups = build_groups(["pyinfra", "inventory.py", "deploys/redis.py"])
-    >>> [name for name, _ in groups["redis"]]
-    ['redis-01', 'redis-02', 'redis-03']
+Example::
+
+    groups = build_groups(["pyinfra", "inventory.py", "deploys/redis.py"])
+    [name for name, _ in groups["redis"]]
+    # -> ['redis-01', 'redis-02', 'redis-03']
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 
-from keybuzz import credentials
-from keybuzz.errors import InputError
+from keybuzz import ROOT, credentials
+from keybuzz.errors import InputError, PinRefused
 from keybuzz.layers import LAYERS, Layer, from_deploy_path
 from keybuzz.servers import ROLES, load_servers
-from keybuzz.versions import load_versions
+from keybuzz.versions import load_versions, pin_location
 
 
 def layers_in_argv(argv) -> list[Layer]:
@@ -36,13 +38,23 @@ def layers_in_argv(argv) -> list[Layer]:
 
 
 def preflight(layers, plan=None) -> None:
-    """Everything a run of `layers` needs, checked before any connection: raises InputError."""
+    """Everything a run of `layers` needs, checked before any connection: raises InputError.
+
+    A layer may refuse pins it cannot deploy: keybuzz/<layer>/settings.py `preflight(versions)` raising
+    PinRefused, reported at the line of versions.yaml (or of the override file) that pins the key.
+    """
     plan = plan or load_servers()
-    load_versions()
+    versions = load_versions()
     for layer in layers:
         plan.require_addresses(layer.roles + layer.renders)
         for brick in layer.bricks:
             credentials.load(brick)
+        if (ROOT / "keybuzz" / layer.name / "settings.py").is_file():
+            settings = importlib.import_module(f"keybuzz.{layer.name}.settings")
+            try:
+                getattr(settings, "preflight", lambda _versions: None)(versions)
+            except PinRefused as e:
+                raise InputError(*pin_location(e.key), e.reason) from None
 
 
 def build_groups(argv=None) -> dict[str, list]:

@@ -1,9 +1,10 @@
-"""The layers, in the design's order (§G: base OS -> DB -> Redis -> RabbitMQ -> MinIO -> MariaDB -> K3s).
+"""The layer table, in the design's order (§G: base OS -> DB -> Redis -> RabbitMQ -> MinIO -> MariaDB -> K3s).
 
-Each layer names the roles whose hosts it touches, the roles whose addresses it renders into
-configs, and the credential bricks its hosts receive (§H.2: only what their role needs).
+Each row names the roles whose hosts the layer touches, the credential bricks its hosts receive (§H.2:
+only what their role needs), the roles whose addresses it renders into configs, and its directory under
+/opt/keybuzz. A layer is this row plus deploys/<name>.py, templates/<name>/ and the package
+keybuzz/<name>/ (settings, client, check, testbed): adding one touches nothing else.
 
-Example:
     >>> LAYERS["redis"].deploy
     'deploys/redis.py'
     >>> [layer.name for layer in ordered()]
@@ -12,7 +13,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from keybuzz import ROOT
@@ -25,16 +26,23 @@ class Layer:
     roles: tuple[str, ...]  # hosts it deploys to
     bricks: tuple[str, ...] = ()  # credentials its hosts receive
     renders: tuple[str, ...] = ()  # other roles whose addresses go into its configs
-    check: str | None = None  # module in keybuzz.checks with diag/failover/perf
+    data_dir: str | None = None  # /opt/keybuzz/<data_dir> on its hosts (created by the base OS layer)
     help: str = ""
-    follows: tuple[str, ...] = field(default=())
 
     @property
     def deploy(self) -> str:
         return f"deploys/{self.name}.py"
 
+    @property
+    def check(self) -> str:
+        """Module with diag(target) / failover(target) / perf(target)."""
+        return f"keybuzz.{self.name}.check"
+
     def exists(self) -> bool:
         return (ROOT / self.deploy).is_file()
+
+    def has_checks(self) -> bool:
+        return (ROOT / "keybuzz" / self.name / "check.py").is_file()
 
 
 _ALL_ROLES = tuple(r for r in ROLES if r != "install")
@@ -43,16 +51,26 @@ _ALL_ROLES = tuple(r for r in ROLES if r != "install")
 # (DB, Redis, RabbitMQ), as the design puts "HAProxy with what it fronts".
 LAYERS: dict[str, Layer] = {layer.name: layer for layer in (
     Layer("base_os", _ALL_ROLES, help="Docker Engine, time sync, sysctls, data dirs, name resolution"),
-    Layer("db", ("db",), ("postgres",), help="PostgreSQL + Patroni + PgBouncer"),
-    Layer("redis", ("redis",), ("redis",), check="redis", help="Redis + Sentinel x3, master keybuzz-master"),
-    Layer("rabbitmq", ("rabbitmq",), ("rabbitmq",), check="rabbitmq", help="RabbitMQ quorum cluster x3"),
-    Layer("haproxy", ("haproxy",), ("redis",), renders=("db", "redis", "rabbitmq"), check="haproxy",
+    Layer("db", ("db",), ("postgres",), data_dir="postgres", help="PostgreSQL + Patroni + PgBouncer"),
+    Layer("redis", ("redis",), ("redis",), data_dir="redis", help="Redis + Sentinel x3, master keybuzz-master"),
+    Layer("rabbitmq", ("rabbitmq",), ("rabbitmq",), data_dir="rabbitmq", help="RabbitMQ quorum cluster x3"),
+    Layer("haproxy", ("haproxy",), ("redis",), renders=("db", "redis", "rabbitmq"), data_dir="haproxy",
           help="HAProxy x2: 5432, 6432, 6379 (Redis master), 5672 (RabbitMQ)"),
-    Layer("minio", ("minio",), ("minio",), help="MinIO distributed x3"),
-    Layer("mariadb", ("mariadb",), ("mariadb",), help="MariaDB Galera"),
-    Layer("proxysql", ("proxysql",), ("proxysql", "mariadb"), renders=("mariadb",), help="ProxySQL x2"),
-    Layer("k3s", ("k3s_masters", "k3s_workers"), ("k3s",), help="K3s 3 masters + 5 workers, ingress"),
+    Layer("minio", ("minio",), ("minio",), data_dir="minio", help="MinIO distributed x3"),
+    Layer("mariadb", ("mariadb",), ("mariadb",), data_dir="mariadb", help="MariaDB Galera"),
+    Layer("proxysql", ("proxysql",), ("proxysql", "mariadb"), renders=("mariadb",), data_dir="proxysql",
+          help="ProxySQL x2"),
+    Layer("k3s", ("k3s_masters", "k3s_workers"), ("k3s",), data_dir="k3s", help="K3s 3 masters + 5 workers, ingress"),
 )}
+
+
+def data_dirs(role: str) -> list[str]:
+    """The /opt/keybuzz/<dir> names the layers of `role` use.
+
+    >>> data_dirs("haproxy"), data_dirs("k3s_workers")
+    (['haproxy'], ['k3s'])
+    """
+    return [layer.data_dir for layer in LAYERS.values() if layer.data_dir and role in layer.roles]
 
 
 def ordered() -> list[Layer]:

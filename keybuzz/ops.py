@@ -5,12 +5,13 @@ Pattern (install / configure / activate, as chatmail's cmdeploy): each layer upl
 and unit files, collects the OperationMeta of each, and restarts a service only when one of
 its own files changed (`restart_if`), one host at a time where the layer needs it.
 
-Example:
-    >>> conf = secret_file(name="redis.conf", dest="/opt/keybuzz/redis/conf/redis.conf",
-    ...                    content=HiddenValue(text), user="999", group="1000")
-    >>> unit = container_unit(name="redis", image="redis:7.2.5-alpine", run_args=["--user", "999:1000"],
-    ...                       command="redis-server /conf/redis.conf")
-    >>> restart_if("redis", conf, *unit)
+Example::
+
+    conf = secret_file(name="redis.conf", dest="/opt/keybuzz/redis/conf/redis.conf",
+                       content=HiddenValue(text), user="999", group="1000")
+    unit = container_unit(name="redis", image="redis:7.2.5-alpine", run_args=["--user", "999:1000"],
+                          command="redis-server /conf/redis.conf")
+    restart_if("redis", conf, *unit)
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ from io import BytesIO
 
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, HiddenValue, StringCommand, operation
-from pyinfra.facts.files import Sha256File
+from pyinfra.facts.deb import DebPackages
+from pyinfra.facts.files import File, Sha256File
 from pyinfra.facts.server import Command
-from pyinfra.operations import files, server, systemd
+from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
+from keybuzz import ROOT
+from keybuzz.facts import ServiceActive
 from keybuzz.render import render
 
 
@@ -35,27 +39,35 @@ def _raw(content) -> bytes:
 
 
 @operation()
-def secret_file(dest: str, content, user: str = "root", group: str = "root", mode: str = "600"):
+def secret_file(dest: str, content, user: str = "root", group: str = "root", mode: str = "600",
+                only_if_absent: bool = False):
     """Write a file whose content is secret: never printed, never world-readable, even for an instant.
 
     Compares sha256 only (facts print the hash, not the content; no --diff output), uploads into a
-    0600 temporary file beside `dest`, then moves it into place.
+    0600 temporary file beside `dest`, then moves it into place. `only_if_absent`: a bootstrap file that
+    its service rewrites afterwards (sentinel.conf): written when missing, never compared or replaced.
 
     + dest: remote path
     + content: HiddenValue (or str/bytes) with the full file content
     + user, group, mode: final ownership and mode (numeric ids are fine)
+    + only_if_absent: write only when `dest` does not exist
 
-    Example:
+    Example::
+
         secret_file(name="Write redis.conf", dest="/opt/keybuzz/redis/conf/redis.conf",
                     content=HiddenValue(text), user="999", group="1000")
     """
+    if only_if_absent and host.get_fact(File, path=dest):
+        host.noop(f"{dest} exists and belongs to its service now")
+        return
     data = _raw(content)
     want = hashlib.sha256(data).hexdigest()
     # names and numeric ids both, so that user="999" matches a uid that has no name on the host
     owner = (host.get_fact(Command, command=f"stat -c '%U %u %G %g %a' {shlex.quote(dest)} 2>/dev/null || true")
              or "").split()
     same = (
-        len(owner) == 5
+        not only_if_absent
+        and len(owner) == 5
         and str(user) in owner[0:2]
         and str(group) in owner[2:4]
         and owner[4] == mode.lstrip("0")
@@ -67,7 +79,94 @@ def secret_file(dest: str, content, user: str = "root", group: str = "root", mod
     tmp = f"{dest}.keybuzz-new"
     yield StringCommand("install", "-m", "600", "-o", "root", "-g", "root", "/dev/null", tmp)
     yield FileUploadCommand(BytesIO(data), tmp)
-    yield StringCommand("chown", f"{user}:{group}", tmp, "&&", "chmod", mode, tmp, "&&", "mv", "-f", tmp, dest)
+    # `mv -n` for a bootstrap file: if the service created it meanwhile, its own version wins
+    yield StringCommand("chown", f"{user}:{group}", tmp, "&&", "chmod", mode, tmp, "&&",
+                        "mv", "-n" if only_if_absent else "-f", tmp, dest, "&&", "rm", "-f", tmp)
+
+
+@operation()
+def owned_directory(path: str, uid: str, gid: str, mode: str):
+    """A directory owned by numeric ids that may have no name on the host (the containers' users).
+
+    pyinfra's files.directory compares owner *names* (`stat -c %U`, "UNKNOWN" for a nameless uid), so it
+    would chown again on every run; this compares `uid:gid:mode` numerically and changes only what differs.
+
+    Example::
+
+        owned_directory(name="Create /opt/keybuzz/redis/data", path="/opt/keybuzz/redis/data",
+                        uid="999", gid="1000", mode="750")
+    """
+    quoted = shlex.quote(path)
+    current = host.get_fact(Command, command=f"stat -c '%u:%g:%a' {quoted} 2>/dev/null || echo absent")
+    if current == f"{uid}:{gid}:{mode.lstrip('0') or '0'}":
+        host.noop(f"{path} is {uid}:{gid} {mode}")
+        return
+    yield f"mkdir -p {quoted} && chown {uid}:{gid} {quoted} && chmod {mode} {quoted}"
+
+
+def missing_packages(wanted, installed: dict) -> list[str]:
+    """Packages of `wanted` ("name" or "name=version") not installed at that version.
+
+    >>> missing_packages(["socat", "docker.io=20.10.24"], {"socat": ["1.7"], "docker.io": ["20.10.25"]})
+    ['docker.io=20.10.24']
+    """
+    missing = []
+    for spec in wanted:
+        name, _, version = spec.partition("=")
+        if name not in installed or (version and version not in installed[name]):
+            missing.append(spec)
+    return missing
+
+
+def apt_packages(packages: list[str], what: str, **kwargs):
+    """Install Debian `packages` ("name" or "name=version"); the package lists are updated only when one
+    is missing (a second run neither updates nor changes anything). `kwargs` go to apt.packages.
+
+    Example::
+
+        apt_packages(["redis-tools", "socat"], "redis-cli and socat for redis-update-master.sh")
+    """
+    if missing_packages(packages, host.get_fact(DebPackages)):
+        apt.update(name="Update the apt package lists")
+    return apt.packages(name=f"Install {what}", packages=packages, **kwargs)
+
+
+def template(src: str, dest: str, mode: str = "644", user: str = "root", group: str = "root", **context):
+    """Install templates/<src> at `dest`: a `.j2` is rendered with `context`, any other file copied byte for byte.
+
+    No secret here (its content is shown by --diff): secrets go through secret_file.
+
+    Example::
+
+        template("redis/keybuzz-redis-settings", "/usr/local/sbin/keybuzz-redis-settings", mode="700")
+        template("rabbitmq/rabbitmq.conf.j2", f"{CONF}/rabbitmq.conf", peers=peers, private_ip=ip)
+    """
+    if src.endswith(".j2"):
+        data = BytesIO(render(src, **context).encode())
+    elif context:
+        raise ValueError(f"templates/{src} is copied as is: it takes no variables (name it .j2 to render)")
+    else:
+        data = BytesIO((ROOT / "templates" / src).read_bytes())
+    return files.put(name=f"Install {dest}", src=data, dest=dest, mode=mode, user=user, group=group)
+
+
+@operation()
+def validated_file(dest: str, content: str, check: str, mode: str = "644"):
+    """Install `content` at `dest` only after `check <candidate>` accepts it (e.g. haproxy -c); atomic rename.
+    A refused candidate fails the operation and the old file stays in place.
+
+    Example::
+
+        validated_file(name="Install haproxy.cfg", dest=CFG, content=text, check=CHECK_TOOL)
+    """
+    data = content.encode()
+    if host.get_fact(Sha256File, path=dest) == hashlib.sha256(data).hexdigest():
+        host.noop(f"{dest} is up to date")
+        return
+    tmp = f"{dest}.keybuzz-new"
+    yield FileUploadCommand(BytesIO(data), tmp)
+    yield StringCommand(f"chmod {mode} {tmp} && {check} {tmp} || {{ rm -f {tmp}; exit 1; }}")
+    yield StringCommand("mv", "-f", tmp, dest)
 
 
 @operation()
@@ -122,16 +221,19 @@ def container_unit(
 
 
 def restart_if(service: str, *changed, serial: bool = False):
-    """Enable `service` and start it; restart it only if one of `changed` (OperationMeta) changed.
+    """Enable `service` and start it; restart it only if it was already running and one of `changed`
+    (OperationMeta) changed: a service this run installs or starts picks its new files up by starting.
 
-    Example:
-        restart_if("redis", conf_op, *unit_ops, serial=True)   # one host at a time
+    Example::
+
+        restart_if("haproxy", cfg_op, *unit_ops, serial=True)   # one host at a time
     """
+    was_active = host.get_fact(ServiceActive, service=service)
     systemd.daemon_reload(name="systemd daemon-reload", _if=any_changed(*changed))
     systemd.service(name=f"Enable and start {service}", service=service, running=True, enabled=True)
     server.shell(
         name=f"Restart {service} (its definition changed)",
         commands=[f"systemctl restart {shlex.quote(service)}"],
-        _if=any_changed(*changed),
+        _if=lambda: was_active and any_changed(*changed)(),
         _serial=serial,
     )

@@ -1,7 +1,8 @@
 """Jinja rendering of `templates/<layer>/...`, shared by deploys and tests (one source of every config).
 
-Example:
-    >>> render("haproxy/haproxy.cfg.j2", redis_master="10.0.0.21", rabbitmq=[...])
+Example::
+
+    render("haproxy/haproxy.cfg.j2", redis_master="10.0.0.21", rabbitmq=[...])
 """
 
 from __future__ import annotations

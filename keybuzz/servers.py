@@ -4,8 +4,8 @@ Format: tab-separated, one machine per line, `#` starts a comment line, first no
 the header `hostname  private_ip  role  note`. `private_ip` is the address on the private network,
 or `TBD` when the design gives none yet: any deploy that would touch such a host refuses.
 
-Example:
-    >>> plan = load_servers("servers.tsv")          # raises InputError on the first bad line
+Example (the shipped production plan):
+    >>> plan = load_servers(ROOT / "servers.tsv")   # raises InputError on the first bad line
     >>> [s.name for s in plan.group("rabbitmq")]
     ['queue-01', 'queue-02', 'queue-03']
 """
@@ -66,7 +66,7 @@ class ServerPlan:
     def group(self, role: str) -> list[Server]:
         """Servers of one role, in file order.
 
-        >>> [s.ip for s in plan.group("haproxy")]
+        >>> [s.ip for s in load_servers(ROOT / "servers.tsv").group("haproxy")]
         ['10.0.0.11', '10.0.0.12']
         """
         return [s for s in self.servers if s.role == role]
@@ -81,8 +81,9 @@ class ServerPlan:
     def require_addresses(self, roles) -> None:
         """Refuse (InputError) if a server of `roles` has no address yet.
 
-        >>> plan.require_addresses(["redis"])
-        InputError: servers.tsv:9: redis-01 has no private_ip (TBD); ...
+        >>> load_servers(ROOT / "servers.tsv").require_addresses(["redis"])
+        Traceback (most recent call last):
+        keybuzz.errors.InputError: .../servers.tsv:16: redis-01 (redis) has no private_ip (TBD); write its ...
         """
         for s in self.servers:
             if s.role in roles and s.ip is None:

@@ -1,16 +1,17 @@
-"""What the container testbeds (keybuzz.redis_testbed, keybuzz.rabbitmq_testbed) share: a private Docker
+"""What the container testbeds (keybuzz/<layer>/testbed.py) share: a private Docker
 bridge of their own, a scratch directory, and removal of everything on exit.
 
 Traffic goes only to the containers a testbed creates: its bridge is a free 192.168.x.0/24, never
 10.0.0.0/8 and never the lab's 172.30.0.0/24.
 
-Example:
-    >>> class MyBed(ContainerTestbed):
-    ...     def start(self):
-    ...         self.create_network()
-    >>> with MyBed("keybuzz-my-tb-") as tb:
-    ...     tb.ip(11)
-    '192.168.173.11'
+Example::
+
+    class MyBed(ContainerTestbed):
+        def start(self):
+            self.create_network()
+    with MyBed("keybuzz-my-tb-") as tb:
+        tb.ip(11)
+    # -> '192.168.173.11'
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """versions.yaml: the single source of pinned versions (design §F), validated before any work.
 
 Example:
-    >>> v = load_versions()          # versions.yaml, overlaid by $KEYBUZZ_VERSIONS if set
+    >>> v = load_versions(ROOT / "versions.yaml")   # without a path: overlaid by $KEYBUZZ_VERSIONS if set
     >>> v["redis_image"]
     'redis:7.2.5-alpine'
 """
@@ -49,7 +49,8 @@ def check_pin(path, line, key, value) -> None:
     """Refuse an empty value, `latest`, or an image without a tag.
 
     >>> check_pin("versions.yaml", 3, "redis_image", "redis")
-    InputError: versions.yaml:3: redis_image 'redis' has no tag; pin an exact version ...
+    Traceback (most recent call last):
+    keybuzz.errors.InputError: versions.yaml:3: redis_image 'redis' has no tag or is malformed; pin an exact ...
     """
     if key in _LIST_KEYS:
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
@@ -88,6 +89,22 @@ def load_versions(path: str | os.PathLike | None = None, override: str | os.Path
     for k, v in data.items():
         check_pin(*where[k], k, v)
     return data
+
+
+def pin_location(key: str, path: str | os.PathLike | None = None,
+                 override: str | os.PathLike | None = None) -> tuple[Path, int]:
+    """(file, line) that pins `key`: the override file ($KEYBUZZ_VERSIONS) when it sets it, else versions.yaml.
+
+    >>> pin_location("redis_image", ROOT / "versions.yaml", override="")[1] > 0
+    True
+    """
+    override = override if override is not None else os.environ.get("KEYBUZZ_VERSIONS")
+    if override:
+        extra, olines = _read(Path(override))
+        if key in extra:
+            return Path(override), olines.get(key, 0)
+    base_path = Path(path) if path else versions_path()
+    return base_path, _read(base_path)[1].get(key, 0)
 
 
 def image(versions: dict, key: str) -> str:

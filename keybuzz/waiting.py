@@ -1,7 +1,8 @@
 """The one bounded polling loop used by checks, testbeds, tests and benchmarks.
 
-Example:
-    >>> wait_for(lambda: client.ping(), 20, what="redis PING")   # returns the truthy value
+Example::
+
+    wait_for(lambda: client.ping(), 20, what="redis PING")   # returns the truthy value
 """
 
 from __future__ import annotations

@@ -5,7 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-export TESTCONTAINERS_RYUK_DISABLED=true
 echo "==> ruff"
 .venv/bin/ruff check .
 echo "==> lab images (cached by content)"

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 
 import pytest
 
-# The testcontainers reaper (ryuk) image cannot be pulled here: containers are removed by the tests.
-os.environ["TESTCONTAINERS_RYUK_DISABLED"] = "true"
+import keybuzz.testbed  # noqa: F401 - sets the testcontainers environment (once, there)
+from keybuzz.lab import lab as lab_module
 
-from keybuzz.lab import lab as lab_module  # noqa: E402
+# pyinfra deploy files used by tests: run by pyinfra, never imported (--doctest-modules would import them)
+collect_ignore = ["fixtures"]
 
 _LAB_KEYS = tuple(lab_module.env())
 _ENV_BEFORE = {k: os.environ.get(k) for k in _LAB_KEYS}
@@ -67,6 +68,26 @@ def lab_session():
             lab_module.down(progress=_progress)
             left = {kind: names for kind, names in lab_module.leftovers().items() if names}
             assert not left, f"lab down left Docker objects behind: {left}"
+
+
+def pytest_collection_modifyitems(items):
+    """Markers follow from the test, never from a decorator to remember: `lab` when it uses the lab,
+    `containers` when it lives in tests/test_<layer>_cluster.py (a layer's testbed) or uses Docker images
+    (the `lab_image` fixture, tests/test_lab_images.py)."""
+    for item in items:
+        stem = item.path.stem
+        if {"lab", "lab_session"} & set(item.fixturenames):
+            item.add_marker(pytest.mark.lab)
+        elif stem.endswith("_cluster") or stem == "test_lab_images" or "lab_image" in item.fixturenames:
+            item.add_marker(pytest.mark.containers)
+
+
+@pytest.fixture(scope="session")
+def lab_image():
+    """Build (or find cached) a lab image by name: `lab_image("haproxy")` -> its local tag."""
+    from keybuzz.lab import images
+
+    return lambda name: images.build(name, progress=lambda m: None)
 
 
 @pytest.fixture(scope="session")

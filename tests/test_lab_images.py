@@ -17,16 +17,12 @@ import urllib.request
 import uuid
 
 import pytest
-
-os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
-
 from testcontainers.core.container import DockerContainer  # noqa: E402
 
 from keybuzz.lab import images  # noqa: E402
 from keybuzz.waiting import wait_for  # noqa: E402
 
 pytestmark = [
-    pytest.mark.containers,
     pytest.mark.skipif(not (shutil.which("docker") and shutil.which("mmdebstrap")),
                        reason="needs docker and mmdebstrap (scripts/bootstrap.sh)"),
 ]

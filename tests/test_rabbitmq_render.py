@@ -9,6 +9,7 @@ import subprocess
 
 from helpers import DESIGN_D_BLOCK
 from keybuzz import ROOT
+from keybuzz.haproxy.settings import render_haproxy_cfg
 from keybuzz.render import render
 from keybuzz.servers import load_servers
 
@@ -53,9 +54,7 @@ def test_haproxy_be_rabbitmq_is_the_design_block_verbatim():
     design = DESIGN.read_text() if DESIGN.exists() else DESIGN_D_BLOCK
     assert DESIGN_D_BLOCK in design.replace("```haproxy\n", "")
     plan = load_servers()
-    cfg = render("haproxy/haproxy.cfg.j2", hostname="haproxy-01", private_ip="10.0.0.11", redis_master="10.0.0.21:6379",
-                 db=[], rabbitmq=[(s.name, s.ip) for s in plan.group("rabbitmq")], private_network="10.0.0.0/24",
-                 stats_port=8404, run_dir="/run/haproxy")
+    cfg = render_haproxy_cfg("haproxy-01", "10.0.0.11", {"rabbitmq": [(s.name, s.ip) for s in plan.group("rabbitmq")]})
     block = cfg[cfg.index("\nbackend be_rabbitmq") + 1:]
     block = block[:block.index("\n\n")] + "\n" if "\n\n" in block else block
     assert block == DESIGN_D_BLOCK

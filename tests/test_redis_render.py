@@ -1,11 +1,12 @@
 """Redis/Sentinel files as the deploy renders them, the settings it applies at runtime, and the majority rule
-(Python side; the shell side is exercised on containers in test_haproxy_redis_failover.py)."""
+(Python side; the shell side is exercised on containers in test_redis_cluster.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from keybuzz.redisha import (
+from keybuzz.haproxy.settings import render_update_conf
+from keybuzz.redis.settings import (
     MASTER_NAME,
     RedisSettings,
     env_file,
@@ -13,7 +14,6 @@ from keybuzz.redisha import (
     render_redis_conf,
     render_sentinel_conf,
     render_settings_file,
-    render_update_conf,
     valid_addr,
 )
 
@@ -61,7 +61,7 @@ def test_settings_list_holds_no_secret_and_every_runtime_setting():
 
 
 def test_host_data_overrides_the_defaults():
-    s = RedisSettings.from_host_data({"redis_sentinel_down_after_ms": 3000})
+    s = RedisSettings.from_host_data({"redis_down_after_ms": 3000})
     assert s.down_after_ms == 3000 and s.failover_timeout_ms == 60000
 
 

@@ -58,6 +58,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -100,23 +101,65 @@ BASE_CUSTOMIZE = (f'printf %s {shlex.quote(APT_CLEAN)} >"$1/etc/apt/apt.conf.d/d
 BASE_HOOKS = ("/usr/share/mmdebstrap/hooks/maybe-merged-usr",)
 
 
+SUITES = ("bookworm", "trixie")
+HEADER = "# keybuzz-lab-image:"  # first line of every lab/images/<name>/Dockerfile: parent=<base> seconds=<n>
+REQUIREMENTS = "requirements.txt"  # optional: `package==version` lines fetched from PyPI on the build machine
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+def _suite(name: str) -> str:
+    return name.removeprefix("base-")
+
+
 @dataclass(frozen=True)
 class Image:
     parent: str  # name of the image it is built FROM (a base-<suite> for all of them)
     seconds: int  # rough build time on 2 cores, for the progress line
 
 
-SUITES = ("bookworm", "trixie")
-IMAGES: dict[str, Image] = {
-    "host": Image("base-bookworm", 20),
-    "redis": Image("base-bookworm", 10),
-    "haproxy": Image("base-bookworm", 10),
-    # trixie: rabbitmq-server 4.0.5 is the release right after 3.13 (see lab/versions.lab.yaml)
-    "rabbitmq": Image("base-trixie", 20),
-    "registry": Image("base-bookworm", 10),
-}
-# Images pushed to the lab registry, by their key in versions.yaml.
-SERVICE_KEYS = {"redis": "redis_image", "haproxy": "haproxy_image", "rabbitmq": "rabbitmq_image"}
+def parse_header(line: str, where: str = "Dockerfile") -> Image:
+    """The image's parent and build time from its Dockerfile's first line (data, not code).
+
+    >>> parse_header("# keybuzz-lab-image: parent=base-trixie seconds=20")
+    Image(parent='base-trixie', seconds=20)
+    """
+    if not line.startswith(HEADER):
+        raise BuildError(f"{where}:1: first line must be `{HEADER} parent=base-<suite> seconds=<n>`")
+    fields = dict(word.split("=", 1) for word in line[len(HEADER):].split() if "=" in word)
+    parent, seconds = fields.get("parent", ""), fields.get("seconds", "30")
+    if not parent.startswith("base-") or _suite(parent) not in SUITES or not seconds.isdigit():
+        raise BuildError(f"{where}:1: parent must be one of {', '.join('base-' + s for s in SUITES)} "
+                         f"and seconds a number, got {line.strip()!r}")
+    return Image(parent, int(seconds))
+
+
+def discover(images_dir: Path = IMAGES_DIR) -> dict[str, Image]:
+    """Every lab/images/<name>/ with a Dockerfile, by name: adding an image is adding its directory."""
+    found = {}
+    for dockerfile in sorted(images_dir.glob("*/Dockerfile")):
+        first = dockerfile.read_text(encoding="utf-8").splitlines()[:1] or [""]
+        found[dockerfile.parent.name] = parse_header(first[0], str(dockerfile.relative_to(ROOT)))
+    return found
+
+
+IMAGES: dict[str, Image] = discover()
+
+
+def service_keys(path: Path = LAB_VERSIONS) -> dict[str, str]:
+    """Lab image name -> versions.yaml key, for every pin of versions.lab.yaml that names a lab image.
+
+    Those images are pushed to the lab registry (lab.up) under the name the pin gives.
+    """
+    pins = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    keys = {}
+    for key, value in pins.items():
+        if isinstance(value, str) and "/keybuzz-lab/" in value:
+            keys[value.split("/keybuzz-lab/", 1)[1].split(":", 1)[0]] = key
+    return keys
+
 
 LAB_AUTHORIZED_FILE = "/etc/ssh/lab_authorized_keys"
 HOST_RUN_ARGS = [
@@ -130,14 +173,6 @@ HOST_RUN_ARGS = [
 ]
 # Per host, the lab adds:  -v <host dir>/docker:/var/lib/docker  -v <pubkey>:{LAB_AUTHORIZED_FILE}:ro
 #                          --hostname <name> --network <lab net> --ip <addr>
-
-
-class BuildError(RuntimeError):
-    pass
-
-
-def _suite(name: str) -> str:
-    return name.removeprefix("base-")
 
 
 def _sources(suite: str) -> list[str]:
@@ -171,8 +206,10 @@ def _dir_parts(path: Path) -> Iterable[bytes]:
 def image_ref(name: str) -> str:
     """The local tag of `name`, computed from content alone (nothing is built or asked of docker).
 
-    >>> image_ref("redis")
-    'keybuzz-lab/redis:3f1c0a9b2d4e'
+    Example::
+
+    image_ref("redis")
+    # -> 'keybuzz-lab/redis:3f1c0a9b2d4e'
     """
     if name.startswith("base-"):
         suite = _suite(name)
@@ -230,17 +267,32 @@ def build(name: str, progress: Callable[[str], None] = print) -> str:
         progress(f"{name}: cached")
         return ref
     progress(f"building {name} (≈{image.seconds} s)…")
-    cmd = ["docker", "build", "--force-rm", "--build-arg", f"BASE={parent}", "-t", ref,
-           "--label", f"org.keybuzz.lab.parent={parent}", str(IMAGES_DIR / name)]
-    try:
-        _run_logged(cmd, f"docker build {name}")
-    except BuildError as e:
-        # The legacy builder shares untagged intermediate images between builds of the same steps;
-        # a concurrent `docker rmi` elsewhere can delete one mid-build. Once more, from scratch.
-        if "unknown parent image" not in str(e):
-            raise
-        _run_logged([*cmd[:2], "--no-cache", *cmd[2:]], f"docker build {name}")
+    with tempfile.TemporaryDirectory(prefix=f"keybuzz-lab-{name}-") as tmp:
+        context = _build_context(IMAGES_DIR / name, Path(tmp))
+        cmd = ["docker", "build", "--force-rm", "--build-arg", f"BASE={parent}", "-t", ref,
+               "--label", f"org.keybuzz.lab.parent={parent}", str(context)]
+        try:
+            _run_logged(cmd, f"docker build {name}")
+        except BuildError as e:
+            # The legacy builder shares untagged intermediate images between builds of the same steps;
+            # a concurrent `docker rmi` elsewhere can delete one mid-build. Once more, from scratch.
+            if "unknown parent image" not in str(e):
+                raise
+            _run_logged([*cmd[:2], "--no-cache", *cmd[2:]], f"docker build {name}")
     return ref
+
+
+def _build_context(source: Path, tmp: Path) -> Path:
+    """The directory docker builds from: `source` itself, or, when it has a requirements.txt, a copy of it
+    with `wheels/` holding those exact packages, fetched here (containers reach Debian's mirror, not PyPI)."""
+    requirements = source / REQUIREMENTS
+    if not requirements.is_file():
+        return source
+    context = tmp / source.name
+    shutil.copytree(source, context)
+    _run_logged([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                 "-d", str(context / "wheels"), "-r", str(requirements)], f"pip download for {source.name}")
+    return context
 
 
 def build_all(progress: Callable[[str], None] = print) -> dict[str, str]:
@@ -251,10 +303,10 @@ def build_all(progress: Callable[[str], None] = print) -> dict[str, str]:
 def lab_image_names(path: Path = LAB_VERSIONS) -> dict[str, str]:
     """name -> `keybuzz-lab/<name>:<version>-<suite>` as pinned in versions.lab.yaml (registry part cut)."""
     pins = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return {name: pins[key].split("/", 1)[1] for name, key in SERVICE_KEYS.items()}
+    return {name: pins[key].split("/", 1)[1] for name, key in service_keys(path).items()}
 
 
-def push_to_registry(registry_addr: str, names: Iterable[str] = SERVICE_KEYS,
+def push_to_registry(registry_addr: str, names: Iterable[str] | None = None,
                      progress: Callable[[str], None] = print) -> dict[str, str]:
     """Tag the service images under their versions.lab.yaml names at `registry_addr` and push them.
 
@@ -263,7 +315,7 @@ def push_to_registry(registry_addr: str, names: Iterable[str] = SERVICE_KEYS,
     """
     wanted = lab_image_names()
     pushed = {}
-    for name in names:
+    for name in wanted if names is None else names:
         target = f"{registry_addr}/{wanted[name]}"
         ref = image_ref(name)
         subprocess.run(["docker", "tag", ref if _exists(ref) else build(name, progress), target], check=True)

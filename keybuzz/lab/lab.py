@@ -13,26 +13,24 @@ Each host container boots systemd as PID 1, runs sshd, and gets its Docker Engin
 layer, as a fresh server would. What differs from production is data only: the generated servers.tsv,
 lab/versions.lab.yaml and the generated credentials, all under <repo>/.lab/ (see env()).
 
-Example:
-    >>> rows = up()                 # build what is missing, start, deploy the implemented layers
-    >>> deploy("base_os").changes   # a second run changes nothing
-    0
-    >>> exec("redis-01", "docker ps").stdout
-    >>> kill_dockerd("redis-01"); stop_host("queue-02"); start_host("queue-02")
-    >>> down()                      # removes every container, network and volume the lab created
+Example::
+
+    rows = up()                 # build what is missing, start, deploy the implemented layers
+    deploy("base_os").changes   # a second run changes nothing
+    # -> 0
+    exec("redis-01", "docker ps").stdout
+    kill_dockerd("redis-01"); stop_host("queue-02"); start_host("queue-02")
+    down()                      # removes every container, network and volume the lab created
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
+import ipaddress
 import os
-import re
 import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -40,21 +38,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from keybuzz import ROOT, credentials
+import yaml
+
+from keybuzz import ROOT, credentials, runner
+from keybuzz import ssh as ssh_module
 from keybuzz.layers import LAYERS, Layer, ordered
+from keybuzz.runner import strip_colors
+from keybuzz.servers import load_servers
 
 LAB_DIR = ROOT / ".lab"
 VERSIONS_FILE = ROOT / "lab" / "versions.lab.yaml"
+PLAN_FILE = ROOT / "lab" / "lab.yaml"
 PREFIX = "keybuzz-lab-"
 LABEL = "keybuzz.lab=1"  # on every container and network the lab creates: down() removes exactly these
 NETWORK = f"{PREFIX}net"
-SUBNET = "172.30.0.0/24"
-GATEWAY = "172.30.0.1"
-REGISTRY_IP = "172.30.0.2"
-REGISTRY = f"{REGISTRY_IP}:5000"
-LB_IP = "172.30.0.10"
-# Ports the Hetzner LB 10.0.0.10 exposes (design §A), each balanced to haproxy-01/02's same port.
-LB_PORTS = {5432: "postgres", 6432: "pgbouncer", 6379: "redis", 5672: "rabbitmq"}
 SSH_WAIT_SECONDS = 120
 CHECK_RETRIES, CHECK_RETRY_SECONDS = 3, 10  # a red check is retried, bounded to 30 s
 
@@ -72,18 +69,43 @@ class LabHost:
         return PREFIX + self.name
 
 
-# The production hosts of the roles whose layers exist. A later layer adds its hosts here
-# (db-01..03, minio-01..03 at .134/.131/.132, ...), with the last octet of their production address.
-TOPOLOGY: tuple[LabHost, ...] = (
-    LabHost("haproxy-01", "172.30.0.11", "haproxy"),
-    LabHost("haproxy-02", "172.30.0.12", "haproxy"),
-    LabHost("redis-01", "172.30.0.21", "redis"),
-    LabHost("redis-02", "172.30.0.22", "redis"),
-    LabHost("redis-03", "172.30.0.23", "redis"),
-    LabHost("queue-01", "172.30.0.126", "rabbitmq"),
-    LabHost("queue-02", "172.30.0.127", "rabbitmq"),
-    LabHost("queue-03", "172.30.0.128", "rabbitmq"),
-)
+def _plan_data() -> dict:
+    return yaml.safe_load(PLAN_FILE.read_text(encoding="utf-8"))
+
+
+def topology(data: dict | None = None, plan=None) -> tuple[LabHost, ...]:
+    """The lab hosts: production hosts (servers.tsv) of the roles a service layer with a deploy file touches,
+    at 172.30.0.<last octet of the production address>, or the lab.yaml address where production has none.
+
+    >>> [h.name for h in topology() if h.role == "haproxy"]
+    ['haproxy-01', 'haproxy-02']
+    """
+    data = data or _plan_data()
+    plan = plan or load_servers(ROOT / "servers.tsv")
+    network = ipaddress.ip_network(data["network"])
+    roles = {role for layer in LAYERS.values() if layer.exists() and layer.name != "base_os" for role in layer.roles}
+    hosts = []
+    for s in plan.servers:
+        if s.role not in roles:
+            continue
+        ip = data["tbd_addresses"].get(s.name) or (
+            str(network.network_address + int(s.ip.split(".")[-1])) if s.ip else None)
+        if ip is None:
+            raise LabError(f"{PLAN_FILE}: {s.name} has no production address (TBD in servers.tsv): "
+                           f"give it one under tbd_addresses")
+        hosts.append(LabHost(s.name, ip, s.role))
+    return tuple(hosts)
+
+
+_DATA = _plan_data()
+SUBNET = _DATA["network"]
+GATEWAY = _DATA["gateway"]
+REGISTRY_IP = _DATA["registry"]
+REGISTRY = f"{REGISTRY_IP}:5000"
+LOAD_BALANCERS = _DATA["load_balancers"]
+LB_IP = LOAD_BALANCERS[0]["address"]  # the stand-in for 10.0.0.10, where checks send client traffic
+LB_PORTS: dict[int, str] = LOAD_BALANCERS[0]["ports"]
+TOPOLOGY: tuple[LabHost, ...] = topology(_DATA)
 REGISTRY_CONTAINER = f"{PREFIX}registry"
 LB_CONTAINER = f"{PREFIX}lb"
 REGISTRY_VOLUME = f"{PREFIX}registry-data"
@@ -100,8 +122,10 @@ class LabError(RuntimeError):
 def paths() -> dict[str, Path]:
     """Where the lab keeps its state (all under .lab/, gitignored; down() deletes it).
 
-    >>> paths()["servers"]
-    PosixPath('/work/main/.lab/servers.tsv')
+    Example::
+
+    paths()["servers"]
+    # -> PosixPath('/work/main/.lab/servers.tsv')
     """
     return {
         "servers": LAB_DIR / "servers.tsv",
@@ -129,6 +153,7 @@ def env() -> dict[str, str]:
         "KEYBUZZ_SSH_KEY": str(p["ssh_key"]),
         "KEYBUZZ_SSH_KNOWN_HOSTS": str(p["known_hosts"]),
         "KEYBUZZ_LB_ADDRESS": LB_IP,
+        "KEYBUZZ_PRIVATE_NETWORK": SUBNET,
     }
 
 
@@ -181,7 +206,7 @@ def lb_config() -> str:
     haproxy-01/02 on the same port. Its health checks are faster than Hetzner's defaults (15 s x 3)
     so that failover tests stay short.
     """
-    backends = [h for h in TOPOLOGY if h.role == "haproxy"]
+    backends = [h for h in TOPOLOGY if h.role == LOAD_BALANCERS[0]["role"]]
     out = [
         "# Generated by keybuzz/lab/lab.py: the lab's stand-in for the Hetzner private LB 10.0.0.10.",
         "global",
@@ -394,90 +419,27 @@ def write_known_hosts() -> None:
 # deploying layers
 
 
-@dataclass
-class DeployResult:
-    ok: bool
-    changes: int
-    output: str
-    seconds: float = 0.0
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def parse_changes(output: str) -> int | None:
-    """Changed operations (summed over hosts) from pyinfra's `--> Results:` table, None if absent.
-
-    The table's "Grand total" row reads `Grand total  <hosts> <changed> <errors> <no change>`,
-    '-' for zero; "changed" counts operations that did something on a host.
-
-    >>> parse_changes("--> Results:\\nOperation  Hosts  Success  Error  No Change\\nGrand total  16  -  -  16")
-    0
-    """
-    text = _ANSI.sub("", output)
-    _, found, results = text.rpartition("--> Results:")
-    if not found:
-        return None
-    for line in results.splitlines():
-        m = re.match(r"^\s*Grand total\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s*$", line)
-        if m:
-            return 0 if m.group(2) == "-" else int(m.group(2))
-    return None
-
-
-def _pyinfra() -> str:
-    venv = ROOT / ".venv" / "bin" / "pyinfra"
-    return str(venv) if venv.exists() else (shutil.which("pyinfra") or "pyinfra")
-
-
 def deploy(layer_name: str, progress: Callable[[str], None] | None = None, verbose: int = 0,
-           timeout: float = 1200) -> DeployResult:
-    """Run `pyinfra -y inventory.py deploys/<layer>.py` against the lab; count the changed operations.
+           extra: tuple[str, ...] = (), timeout: float = 1200) -> runner.DeployResult:
+    """keybuzz.runner.deploy of `layer_name` against the lab (its inventory settings: env()).
 
-    `progress`, if given, receives pyinfra's lines as they come (long steps stay visible).
+    Example::
 
-    >>> deploy("base_os")
-    DeployResult(ok=True, changes=0, output='...', seconds=14.2)
+        deploy("base_os")   # DeployResult(ok=True, changes=0, output='...', seconds=14.2)
     """
     layer = LAYERS.get(layer_name)
     if layer is None or not layer.exists():
         raise LabError(f"layer {layer_name!r} has no deploy file (deploys/{layer_name}.py)")
-    cmd = [_pyinfra(), "-y", *(["-" + "v" * verbose] if verbose else []), "inventory.py", layer.deploy]
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env(), "PYTHONUNBUFFERED": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            text=True, bufsize=1)
-    watchdog = threading.Timer(timeout, proc.kill)  # bounded: a hung run is killed after `timeout` s
-    watchdog.start()
-    lines = []
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if progress:
-                progress(line.rstrip("\n"))
-        rc = proc.wait()
-    finally:
-        watchdog.cancel()
-    output = "".join(lines)
-    changes = parse_changes(output)
-    ok = rc == 0 and changes is not None
-    return DeployResult(ok, changes if changes is not None else -1, output, time.monotonic() - start)
+    return runner.deploy(layer, progress, verbose, extra, env(), timeout)
 
 
 def run_checks(layer: Layer) -> tuple[bool | None, str]:
-    """The layer's diag check against the lab (None when the layer has no check module yet)."""
-    if not layer.check or importlib.util.find_spec(f"keybuzz.checks.{layer.check}") is None:
-        return None, "no checks"
-    from keybuzz.checks import Target
-
+    """The layer's diag check against the lab (None when the layer has no checks)."""
     with lab_environ():
-        try:
-            module = importlib.import_module(f"keybuzz.checks.{layer.check}")
-            report = module.diag(Target.from_env())
-        except Exception as e:  # a crashing check is a red check, reported with its reason
-            return False, f"check raised {type(e).__name__}: {e}"
-    return report.ok, str(report)
+        reports = runner.run_checks(layer, ("diag",))
+    if not reports:
+        return None, "no checks"
+    return all(r.ok for r in reports), "\n".join(str(r) for r in reports)
 
 
 def implemented_layers() -> list[Layer]:
@@ -527,7 +489,7 @@ def table(rows: list[LayerRow], color: bool | None = None) -> str:
 def _deploy_progress(progress: Callable[[str], None]) -> Callable[[str], None]:
     """Show pyinfra's step lines and errors, not every host's success line."""
     def show(line: str) -> None:
-        plain = _ANSI.sub("", line)
+        plain = strip_colors(line)
         if plain.startswith("--> ") or "rror" in plain or "Traceback" in plain:
             progress("   " + plain)
     return show
@@ -709,23 +671,21 @@ def status() -> list[dict[str, str]]:
 def exec(host_name: str, cmd: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run shell command `cmd` as root in the lab host container (docker exec; no SSH needed).
 
-    >>> exec("redis-01", "systemctl is-active docker").stdout
-    'active\\n'
+    Example::
+
+    exec("redis-01", "systemctl is-active docker").stdout
+    # -> 'active\\n'
     """
     return _run(["docker", "exec", host(host_name).container, "sh", "-c", cmd], check=False, timeout=timeout)
 
 
 def ssh_command(host_name: str, *remote: str, batch: bool = False) -> list[str]:
-    """The ssh command line that logs into a lab host with the lab's key and known_hosts.
+    """The ssh command line that logs into a lab host with the lab's key and known_hosts (keybuzz.ssh).
 
     >>> ssh_command("redis-01", "hostname")[-2:]
     ['root@172.30.0.21', 'hostname']
     """
-    h = host(host_name)
-    p = paths()
-    return ["ssh", "-i", str(p["ssh_key"]), "-o", f"UserKnownHostsFile={p['known_hosts']}",
-            "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=10",
-            *(["-o", "BatchMode=yes"] if batch else []), f"root@{h.ip}", *remote]
+    return ssh_module.command(host(host_name).ip, *remote, batch=batch, environ=env())
 
 
 def ssh(host_name: str, cmd: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -736,6 +696,11 @@ def ssh(host_name: str, cmd: str, timeout: float = 120) -> subprocess.CompletedP
 def stop_host(host_name: str, timeout: int = 30) -> None:
     """Stop a lab host container (systemd shuts down as on a power-off request); its state is kept."""
     _run(["docker", "stop", "-t", str(timeout), host(host_name).container], timeout=timeout + 60)
+
+
+def kill_host(host_name: str) -> None:
+    """SIGKILL a lab host container: the whole server dies at once (power cut); its state is kept."""
+    _run(["docker", "kill", host(host_name).container], timeout=60)
 
 
 def start_host(host_name: str, wait: bool = True) -> None:

@@ -7,7 +7,7 @@
 #
 #   redis-update-master.sh            # one check; exit 0 = HAProxy points at the master (switched or not)
 #
-# Safety rules (each one is covered by tests/test_haproxy_redis_failover.py):
+# Safety rules (each one is covered by tests/test_redis_cluster.py):
 #   * asks EVERY Sentinel and acts only when a majority of the configured Sentinels gives the same address;
 #   * the address must be a well-formed IPv4:port of a known Redis node, and answer ROLE "master";
 #   * nothing is written and HAProxy is not reloaded when the master did not change;

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import socket
 import time
 
 import pytest
 
 from keybuzz.lab import lab as lab_module
+from keybuzz.layers import data_dirs
 from keybuzz.render import render
+from keybuzz.runner import parse_changes
 from keybuzz.servers import load_servers
 from keybuzz.versions import image, load_versions
-
-os.environ["TESTCONTAINERS_RYUK_DISABLED"] = "true"
 
 LAB_NET = ipaddress.ip_network(lab_module.SUBNET)
 
@@ -50,7 +49,7 @@ def test_lab_plan_is_valid_and_stays_on_the_lab_network(tmp_path):
 
 def test_lab_env_points_at_lab_files_and_lb():
     env = lab_module.env()
-    assert env["KEYBUZZ_LB_ADDRESS"] == "172.30.0.10"
+    assert env["KEYBUZZ_LB_ADDRESS"] == lab_module.LB_IP
     assert env["KEYBUZZ_SERVERS"].endswith(".lab/servers.tsv")
     assert env["KEYBUZZ_VERSIONS"].endswith("lab/versions.lab.yaml")
     load_versions(override=env["KEYBUZZ_VERSIONS"])  # the lab's pins pass the production validation
@@ -110,15 +109,14 @@ def test_parse_changes_reads_pyinfra_results_table():
            "    Operation      Hosts   Success   Error   No Change\n"
            "    Create /opt    8       3         -       5\n"
            "    \x1b[1mGrand total\x1b[0m    104     80        -       24\n--> Disconnecting from hosts...\n")
-    assert lab_module.parse_changes(out) == 80
-    assert lab_module.parse_changes(out.replace("80  ", "-   ")) == 0
-    assert lab_module.parse_changes("--> Connecting to hosts...\nError: boom\n") is None
+    assert parse_changes(out) == 80
+    assert parse_changes(out.replace("80  ", "-   ")) == 0
+    assert parse_changes("--> Connecting to hosts...\nError: boom\n") is None
 
 
 # --- end-to-end, against the lab -------------------------------------------------------------------------
 
 
-@pytest.mark.lab
 def test_lab_comes_up_from_nothing_with_base_os_green(lab_session):
     row = {r.layer: r for r in lab_session.rows}["base_os"]
     assert row.deploy_ok and row.green
@@ -128,7 +126,6 @@ def test_lab_comes_up_from_nothing_with_base_os_green(lab_session):
     print(f"lab up (base_os included) took {lab_session.up_seconds:.0f} s")
 
 
-@pytest.mark.lab
 def test_base_os_second_run_changes_nothing(lab):
     result = lab.deploy("base_os")
     assert result.ok, result.output[-3000:]
@@ -141,22 +138,22 @@ echo "docker_active=$(systemctl is-active docker.service)"
 echo "docker_version=$(docker version --format '{{.Server.Version}}')"
 echo "docker_hold=$(apt-mark showhold | grep -cx docker.io)"
 echo "timesyncd_enabled=$(systemctl is-enabled systemd-timesyncd.service)"
-echo "insecure=$(docker info --format '{{json .RegistryConfig.IndexConfigs}}' | grep -c '172.30.0.2:5000')"
+echo "insecure=$(docker info --format '{{json .RegistryConfig.IndexConfigs}}' | grep -c "$REGISTRY")"
 echo "sysctl_file=$(grep -c '^vm.overcommit_memory = 1$' /etc/sysctl.d/60-keybuzz.conf)"
 echo "datadir=$(stat -c '%U:%G:%a' /opt/keybuzz/$DATADIR)"
-echo "hosts_block=$(sed -n '/^# BEGIN KEYBUZZ HOSTS/,/^# END KEYBUZZ HOSTS/p' /etc/hosts | grep -c '^172\.30\.0\.')"
+echo "hosts_block=$(sed -n '/^# BEGIN KEYBUZZ HOSTS/,/^# END KEYBUZZ HOSTS/p' /etc/hosts | grep -c "^$NETWORK_PREFIX")"
 echo "resolves=$(for n in haproxy-02 redis-03 queue-01; do getent hosts $n | awk 'NR==1{printf "%s ", $1}'; done)"
 """
 
 
-@pytest.mark.lab
 def test_every_host_answers_over_ssh_with_the_base_os_in_place(lab):
     versions = load_versions(override=lab.env()["KEYBUZZ_VERSIONS"])
     # docker.io=20.10.24+dfsg1-1+deb12u1+b6 -> dockerd reports 20.10.24+dfsg1
     engine = versions["docker_engine_package"].split("=", 1)[1].split("-", 1)[0]
-    datadirs = {"haproxy": "haproxy", "redis": "redis", "rabbitmq": "rabbitmq"}
+    prefix = lab.SUBNET.rsplit(".", 1)[0] + "."
     for h in lab.TOPOLOGY:
-        result = lab.ssh(h.name, f"DATADIR={datadirs[h.role]}\n{HOST_CHECK}")
+        result = lab.ssh(h.name, f"DATADIR={data_dirs(h.role)[0]} REGISTRY={lab.REGISTRY} NETWORK_PREFIX={prefix}\n"
+                                 f"{HOST_CHECK}")
         assert result.returncode == 0, f"{h.name}: ssh failed: {result.stderr}"
         facts = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
         assert facts == {
@@ -169,11 +166,10 @@ def test_every_host_answers_over_ssh_with_the_base_os_in_place(lab):
             "sysctl_file": "1",
             "datadir": "root:root:755",
             "hosts_block": str(len(lab.TOPOLOGY)),
-            "resolves": "172.30.0.12 172.30.0.23 172.30.0.126 ",
+            "resolves": " ".join(lab.host(n).ip for n in ("haproxy-02", "redis-03", "queue-01")) + " ",
         }, h.name
 
 
-@pytest.mark.lab
 def test_hosts_pull_service_images_from_the_lab_registry(lab):
     versions = load_versions(override=lab.env()["KEYBUZZ_VERSIONS"])
     ref = image(versions, "redis_image")
@@ -182,7 +178,6 @@ def test_hosts_pull_service_images_from_the_lab_registry(lab):
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr
 
 
-@pytest.mark.lab
 def test_lb_standin_config_is_valid_and_listens(lab):
     check = lab._run(["docker", "exec", lab.LB_CONTAINER, "haproxy", "-c", "-f",
                       "/usr/local/etc/haproxy/haproxy.cfg"], check=False)
@@ -192,7 +187,6 @@ def test_lb_standin_config_is_valid_and_listens(lab):
             pass
 
 
-@pytest.mark.lab
 def test_dockerd_can_be_killed_and_a_host_stopped_and_started(lab):
     def docker_pid(host: str) -> int:
         out = lab.exec(host, "systemctl show -p MainPID --value docker.service").stdout.strip()

@@ -1,27 +1,25 @@
 """Redis + HAProxy layers end to end in the lab (marker `lab`): deploy, diag, no secret at -vvv/--debug,
-second runs change nothing, failovers seen through the load-balancer stand-in (172.30.0.10).
+second runs change nothing, failovers seen through the load-balancer stand-in (lab/lab.yaml).
 
 Order matters (one lab per session): the tests run top to bottom and each leaves the cluster healthy.
 """
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 
 from helpers import docker_time
 from keybuzz import credentials
-from keybuzz.redisha import REDIS_PORT, WriteProbe, majority, no_retry_client
+from keybuzz.lab import lab as lab_module
+from keybuzz.redis.client import WriteProbe, connect, no_retry_client
+from keybuzz.redis.settings import REDIS_PORT, majority
+from keybuzz.runner import parse_changes
 from keybuzz.waiting import wait_for
 
-os.environ["TESTCONTAINERS_RYUK_DISABLED"] = "true"
-
-pytestmark = pytest.mark.lab
-
-REDIS_HOSTS = {"redis-01": "172.30.0.21", "redis-02": "172.30.0.22", "redis-03": "172.30.0.23"}
-LB = "172.30.0.10"
+REDIS_HOSTS = {h.name: h.ip for h in lab_module.TOPOLOGY if h.role == "redis"}
+LB = lab_module.LB_IP
 
 
 def _password(lab) -> str:
@@ -29,14 +27,14 @@ def _password(lab) -> str:
 
 
 def _sentinel_master(lab) -> str | None:
-    from keybuzz.redisha import ask_sentinels
+    from keybuzz.redis.client import ask_sentinels
 
     return majority(ask_sentinels(list(REDIS_HOSTS.values()), _password(lab)), 3)
 
 
 def _diag(lab):
     from keybuzz.checks import Target
-    from keybuzz.checks.redis import diag
+    from keybuzz.redis.check import diag
 
     with lab.lab_environ():
         return diag(Target.from_env())
@@ -85,7 +83,7 @@ def test_second_runs_change_nothing_and_print_no_secret_at_debug(lab, deployed):
         rc, output = _pyinfra(lab, name, "-vvv", "--debug")
         assert rc == 0, output[-4000:]
         assert password not in output, f"REDIS_PASSWORD printed by layer {name} at --debug"
-        assert lab.parse_changes(output) == 0, f"second run of {name} changed: {_changed_ops(output)}"
+        assert parse_changes(output) == 0, f"second run of {name} changed: {_changed_ops(output)}"
     # what Sentinel wrote into its own file survived the re-run
     for host in REDIS_HOSTS:
         conf = lab.exec(host, "cat /opt/keybuzz/redis/sentinel/sentinel.conf").stdout
@@ -93,13 +91,8 @@ def test_second_runs_change_nothing_and_print_no_secret_at_debug(lab, deployed):
 
 
 def _pyinfra(lab, layer: str, *extra: str) -> tuple[int, str]:
-    import subprocess
-
-    from keybuzz import ROOT
-
-    proc = subprocess.run([str(ROOT / ".venv/bin/pyinfra"), "-y", *extra, "inventory.py", f"deploys/{layer}.py"],
-                          cwd=ROOT, env={**os.environ, **lab.env()}, capture_output=True, text=True, timeout=900)
-    return proc.returncode, proc.stdout + proc.stderr
+    result = lab.deploy(layer, extra=extra, timeout=900)
+    return (0 if result.ok else 1), result.output
 
 
 def _changed_ops(output: str) -> dict[str, int]:
@@ -115,13 +108,41 @@ def _changed_ops(output: str) -> dict[str, int]:
     return changed
 
 
+def _sentinel_connections(lab) -> int:
+    """Connections the three Sentinels have accepted so far (INFO stats; Sentinel has no commandstats)."""
+    return sum(int(connect(ip, 26379, _password(lab)).info("stats")["total_connections_received"])
+               for ip in REDIS_HOSTS.values())
+
+
+def test_a_deploy_asks_the_sentinels_once_per_run_not_once_per_host(lab, deployed):
+    """pyinfra evaluates deploys/redis.py once per host (in parallel greenlets); the Sentinels are asked once per
+    run, so every host acts on the same master. One run against 3 hosts opens 3 connections for that question
+    (one per Sentinel) + 3 for the settings drift (each host's own Sentinel): 6; asked per host it would be 12."""
+    followers = "redis-update-master.timer redis-master-watch"
+    haproxy_hosts = [h.name for h in lab.TOPOLOGY if h.role == "haproxy"]
+    for h in haproxy_hosts:  # the HAProxy hosts' follow-up asks the Sentinels too: silence it meanwhile
+        lab.exec(h, f"systemctl stop {followers}")
+    try:
+        before = _sentinel_connections(lab)
+        rc, output = _pyinfra(lab, "redis")
+        after = _sentinel_connections(lab) - len(REDIS_HOSTS)  # minus this function's own connections
+    finally:
+        for h in haproxy_hosts:
+            lab.exec(h, f"systemctl start {followers}")
+    assert rc == 0, output[-3000:]
+    assert output.count("keybuzz: asked the Sentinels who the master is (once for this run)") == 1, output[-3000:]
+    n = len(REDIS_HOSTS)
+    print("sentinel connections:", after - before)
+    assert 2 * n <= after - before < 3 * n, (before, after)
+
+
 def _started_at(lab, host: str, container: str) -> str:
     return lab.exec(host, f"docker inspect -f '{{{{.State.StartedAt}}}}' {container}").stdout.strip()
 
 
 def test_a_changed_setting_is_applied_at_runtime_without_any_restart(lab, deployed):
     before = {h: _started_at(lab, h, "redis-sentinel") for h in REDIS_HOSTS}
-    rc, out = _pyinfra(lab, "redis", "--data", "redis_sentinel_down_after_ms=4000")
+    rc, out = _pyinfra(lab, "redis", "--data", "redis_down_after_ms=4000")
     assert rc == 0, out[-3000:]
     changed = _changed_ops(out)
     assert [(n, c) for n, c in changed.items() if n.startswith("Apply changed runtime settings")] == [
@@ -129,9 +150,7 @@ def test_a_changed_setting_is_applied_at_runtime_without_any_restart(lab, deploy
     ], changed
     assert not [n for n in changed if "Restart" in n], changed
     for ip in REDIS_HOSTS.values():
-        from keybuzz.redisha import _client
-
-        reply = _client(ip, 26379, _password(lab), 2).execute_command("SENTINEL", "MASTER", "keybuzz-master")
+        reply = connect(ip, 26379, _password(lab), 2).execute_command("SENTINEL", "MASTER", "keybuzz-master")
         fields = dict(zip(reply[::2], reply[1::2], strict=False)) if isinstance(reply, list) else reply
         assert str(fields["down-after-milliseconds"]) == "4000"
     assert {h: _started_at(lab, h, "redis-sentinel") for h in REDIS_HOSTS} == before
@@ -220,7 +239,7 @@ def test_a_stopped_master_host_fails_over_and_rejoins_as_replica(lab, deployed):
 
 def test_check_failover_and_perf_work_against_the_lab(lab, deployed):
     from keybuzz.checks import Target
-    from keybuzz.checks.redis import failover, perf
+    from keybuzz.redis.check import failover, perf
 
     with lab.lab_environ():
         report = failover(Target.from_env())

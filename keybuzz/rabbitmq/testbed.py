@@ -1,33 +1,36 @@
 """A throw-away RabbitMQ quorum cluster behind HAProxy, in containers (testcontainers): queue-01..03 +
 haproxy on a private Docker bridge, started from the project's own rendered files:
-templates/rabbitmq/{rabbitmq.conf,enabled_plugins,keybuzz-user.conf}.j2 for the nodes, the real node
+templates/rabbitmq/ (rabbitmq.conf.j2, enabled_plugins, keybuzz-user.conf.j2) for the nodes, the real node
 script (keybuzz-rabbitmq.sh.j2) for the cluster setup, templates/haproxy/haproxy.cfg.j2 for HAProxy.
 
-Used by tests/test_rabbitmq_failover.py and bench/rabbitmq_failover.py. Traffic goes only to the
+Used by tests/test_rabbitmq_cluster.py and bench/rabbitmq_failover.py. Traffic goes only to the
 containers it creates (addresses in its own 192.168.x.0/24 bridge).
 
-Example:
-    >>> with Testbed() as tb:
-    ...     tb.wait_cluster(3)
-    ...     ep = tb.lb_endpoint()                 # AMQP through HAProxy
-    ...     tb.kill(tb.leader_index("q"))          # docker kill of the leader's node
-    ...     tb.revive(i); tb.wait_cluster(3)
+Example::
+
+    with Testbed() as tb:
+        tb.wait_cluster(3)
+        ep = tb.lb_endpoint()                 # AMQP through HAProxy
+        tb.kill(tb.leader_index("q"))          # docker kill of the leader's node
+        tb.revive(i); tb.wait_cluster(3)
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
-
-os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # the reaper image cannot be pulled here
 
 from docker.types import EndpointConfig  # noqa: E402
 from testcontainers.core.container import DockerContainer  # noqa: E402
 
-from keybuzz.amqp import Endpoint, Management, leader_of, wait_members  # noqa: E402
+from keybuzz import ROOT  # noqa: E402
+from keybuzz.haproxy.client import parse_stats, up_servers
+from keybuzz.haproxy.settings import render_haproxy_cfg  # noqa: E402
 from keybuzz.lab import images  # noqa: E402
-from keybuzz.redisha import render_haproxy_cfg  # noqa: E402
+from keybuzz.rabbitmq.client import Endpoint, Management, leader_of, wait_members  # noqa: E402
+from keybuzz.rabbitmq.settings import VHOSTS  # noqa: E402
 from keybuzz.render import render  # noqa: E402
 from keybuzz.testbed import ContainerTestbed  # noqa: E402
 from keybuzz.waiting import wait_for  # noqa: E402, F401 - re-exported for tests and bench
@@ -35,7 +38,6 @@ from keybuzz.waiting import wait_for  # noqa: E402, F401 - re-exported for tests
 NAMES = ("queue-01", "queue-02", "queue-03")
 UID = 999  # rabbitmq in the official image and the lab stand-in
 USER = "keybuzz"
-VHOSTS = ("/",)
 
 
 class Testbed(ContainerTestbed):
@@ -86,7 +88,7 @@ class Testbed(ContainerTestbed):
         (node / "data").mkdir()
         (node / "conf" / "rabbitmq.conf").write_text(
             render("rabbitmq/rabbitmq.conf.j2", peers=list(NAMES), private_ip=self.node_ip(i)))
-        (node / "conf" / "enabled_plugins").write_text(render("rabbitmq/enabled_plugins.j2"))
+        shutil.copy(ROOT / "templates" / "rabbitmq" / "enabled_plugins", node / "conf" / "enabled_plugins")
         user_conf = node / "conf" / "conf.d" / "20-keybuzz-user.conf"
         user_conf.write_text(render("rabbitmq/keybuzz-user.conf.j2", user=USER, password=self.password))
         cookie = node / "data" / ".erlang.cookie"
@@ -122,10 +124,10 @@ class Testbed(ContainerTestbed):
     def _start_haproxy(self, image: str) -> None:
         conf = self.dir / "haproxy"
         conf.mkdir()
-        # the real template; the other backends point at unused addresses of this bridge (marked down)
-        cfg = render_haproxy_cfg(
-            "haproxy-01", self.haproxy_ip, f"{self.ip(40)}:6379", db=[("db-01", self.ip(41))],
-            rabbitmq=[(name, self.node_ip(i)) for i, name in enumerate(NAMES)], run_dir="/var/lib/haproxy")
+        # the real template, with this layer's block only
+        cfg = render_haproxy_cfg("haproxy-01", self.haproxy_ip,
+                                 {"rabbitmq": [(name, self.node_ip(i)) for i, name in enumerate(NAMES)]},
+                                 run_dir="/var/lib/haproxy")
         if self.haproxy_defaults_extra:
             extra = "".join(f"    {line}\n" for line in self.haproxy_defaults_extra)
             cfg = cfg.replace("\ndefaults\n", "\ndefaults\n" + extra, 1)
@@ -195,13 +197,8 @@ class Testbed(ContainerTestbed):
         """Servers of be_rabbitmq that HAProxy's own checks say are UP (stats socket, `show stat`)."""
         out = subprocess.run(["docker", "exec", self.docker("haproxy").name, "sh", "-c",
                               "echo 'show stat' | socat stdio /var/lib/haproxy/admin.sock"],
-                             capture_output=True, text=True, timeout=30).stdout.splitlines()
-        if not out:
-            return []
-        header = out[0].lstrip("# ").split(",")
-        rows = [dict(zip(header, line.split(","), strict=False)) for line in out[1:] if line]
-        return sorted(r["svname"] for r in rows if r.get("pxname") == "be_rabbitmq"
-                      and r.get("svname") in NAMES and r.get("status", "").startswith("UP"))
+                             capture_output=True, text=True, timeout=30).stdout
+        return [n for n in up_servers(parse_stats(out), "be_rabbitmq") if n in NAMES]
 
     def wait_healthy(self, seconds: float = 180) -> None:
         """3 running members AND HAProxy sending to all 3 (its checks need a few seconds after a restart)."""

@@ -6,33 +6,24 @@
 
 Only namespaced keys (keybuzz:check:*) with a TTL are written; nothing else is touched. No secret is printed.
 
-Example:
-    >>> print(diag(Target.from_env()))
-    OK   redis diag
-      redis-01 172.30.0.21 master offset=1234 replicas=2
+Example::
+
+    print(diag(Target.from_env()))
+    # -> OK   redis diag
+      # -> redis-01 172.30.0.21 master offset=1234 replicas=2
       ...
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import time
-import urllib.request
 
 import redis
 
 from keybuzz.checks import Report, Target
-from keybuzz.redisha import (
-    HAPROXY_STATS_PORT,
-    MASTER_NAME,
-    REDIS_PORT,
-    SENTINEL_PORT,
-    WriteProbe,
-    ask_sentinels,
-    majority,
-    no_retry_client,
-)
+from keybuzz.haproxy.client import server_address
+from keybuzz.redis.client import WriteProbe, ask_sentinels, no_retry_client
+from keybuzz.redis.settings import MASTER_NAME, REDIS_PORT, SENTINEL_PORT, majority
 
 FAILOVER_BOUND_S = 60  # a controlled failover that takes longer than this is a failure
 PAUSE_MS = 10000  # writes held on the old master during the switch (released as soon as HAProxy follows)
@@ -50,17 +41,7 @@ def _nodes(target: Target) -> list[tuple[str, str]]:
 
 def haproxy_master(ip: str, timeout: float = 2.0) -> str | None:
     """'ip:port' HAProxy at `ip` uses for be_redis_master/redis-master (stats CSV, private network)."""
-    url = f"http://{ip}:{HAPROXY_STATS_PORT}/stats;csv"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - fixed http URL
-            text = response.read().decode()
-    except OSError:
-        return None
-    rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
-    for row in rows:
-        if row.get("pxname") == "be_redis_master" and row.get("svname") == "redis-master":
-            return row.get("addr") or None
-    return None
+    return server_address(ip, "be_redis_master", "redis-master", timeout)
 
 
 def _node_line(client: redis.Redis, name: str, ip: str) -> tuple[str, str | None]:
@@ -79,7 +60,7 @@ def diag(target: Target, require_haproxy: bool = False) -> Report:
 
     `require_haproxy=False` (the redis layer, deployed before the haproxy layer): when no HAProxy stats page
     answers at all, HAProxy is taken as not deployed yet and not checked. The haproxy layer's check passes
-    True (keybuzz/checks/haproxy.py, proposed): then a silent HAProxy is a failure.
+    True (keybuzz/haproxy/check.py): then a silent HAProxy is a failure.
     """
     report = Report("redis diag")
     password = _password(target)

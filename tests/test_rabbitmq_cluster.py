@@ -1,6 +1,6 @@
 """RabbitMQ quorum cluster behind HAProxy (design §D) on real containers: queue-01..03 started from the
 project's rendered rabbitmq templates, set up by the deploy's own node script, HAProxy from
-templates/haproxy/haproxy.cfg.j2 (keybuzz/rabbitmq_testbed.py).
+templates/haproxy/haproxy.cfg.j2 (keybuzz/rabbitmq/testbed.py).
 
 Tests share one testbed (module fixture) and each leaves it healthy (3 running members). About 2-3
 minutes on 2 cores.
@@ -8,7 +8,6 @@ minutes on 2 cores.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import threading
 import time
@@ -16,10 +15,8 @@ import time
 import pika
 import pytest
 
-os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
-
 from helpers import write_tsv  # noqa: E402
-from keybuzz.amqp import (  # noqa: E402
+from keybuzz.rabbitmq.client import (  # noqa: E402
     ConfirmedPublisher,
     Consumer,
     connect,
@@ -27,9 +24,7 @@ from keybuzz.amqp import (  # noqa: E402
     place_on_node,
     running_members,
 )
-from keybuzz.rabbitmq_testbed import NAMES, USER, Testbed, wait_for  # noqa: E402
-
-pytestmark = pytest.mark.containers
+from keybuzz.rabbitmq.testbed import NAMES, USER, Testbed, wait_for  # noqa: E402
 
 # Issue 5 target: publish gap through the load balancer when the leader's node dies.
 GAP_TARGET_S = 10.0
@@ -212,10 +207,10 @@ def test_a_node_that_lost_its_data_is_taken_back_by_the_node_script(tb):
     _heal(tb)
 
 def test_diag_and_perf_checks_against_the_testbed(tb, tmp_path, monkeypatch):
-    """keybuzz.checks.rabbitmq (what `invoke check --name rabbitmq [--perf]` runs) on this cluster,
+    """keybuzz.rabbitmq.check (what `invoke check --name rabbitmq [--perf]` runs) on this cluster,
     through its HAProxy, and nothing secret in what they print."""
     from keybuzz.checks import Target
-    from keybuzz.checks import rabbitmq as checks
+    from keybuzz.rabbitmq import check as checks
     from keybuzz.servers import load_servers
 
     plan = write_tsv(tmp_path / "servers.tsv", [(n, tb.node_ip(i), "rabbitmq") for i, n in enumerate(NAMES)])

@@ -1,16 +1,18 @@
 """A throw-away Redis HA testbed in containers (testcontainers): 3 Redis + 3 Sentinel + 1 HAProxy on a
-private Docker bridge, started from the project's own rendered files (keybuzz.redisha) and running the
-real redis-update-master.sh / redis-master-watch.sh inside the HAProxy container.
+private Docker bridge, started from the project's own rendered files (keybuzz.redis.settings,
+keybuzz.haproxy.settings) and running the real redis-update-master.sh / redis-master-watch.sh inside the
+HAProxy container.
 
-Used by tests/test_haproxy_redis_failover.py and bench/redis_failover.py. Traffic goes only to the
+Used by tests/test_redis_cluster.py and bench/redis_failover.py. Traffic goes only to the
 containers it creates (addresses in its own 192.168.x.0/24 bridge).
 
-Example:
-    >>> with Testbed(down_after_ms=2000) as tb:
-    ...     tb.wait_ready()
-    ...     tb.lb_client().set("k", "v")
-    ...     tb.kill_redis(tb.master_index())
-    ...     tb.wait_for(lambda: tb.lb_role() == "master")
+Example::
+
+    with Testbed(down_after_ms=2000) as tb:
+        tb.wait_ready()
+        tb.lb_client().set("k", "v")
+        tb.kill_redis(tb.master_index())
+        tb.wait_for(lambda: tb.lb_role() == "master")
 """
 
 from __future__ import annotations
@@ -23,27 +25,23 @@ import shutil
 import subprocess
 from collections.abc import Callable
 
-os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # the reaper image cannot be pulled here
-
 import docker  # noqa: E402
 import redis  # noqa: E402
 from docker.types import EndpointConfig  # noqa: E402
 from testcontainers.core.container import DockerContainer  # noqa: E402
 
 from keybuzz import ROOT  # noqa: E402
+from keybuzz.haproxy.settings import CONTAINER_CFG_DIR, render_haproxy_cfg, render_update_conf  # noqa: E402
+from keybuzz.haproxy.settings import RUN_DIR as HAPROXY_RUN_DIR  # noqa: E402
 from keybuzz.lab import images  # noqa: E402
-from keybuzz.redisha import (  # noqa: E402
-    CONTAINER_CFG_DIR,
-    HAPROXY_RUN_DIR,
+from keybuzz.redis.client import no_retry_client  # noqa: E402
+from keybuzz.redis.settings import (  # noqa: E402
     MASTER_NAME,
     RedisSettings,
     env_file,
     majority,
-    no_retry_client,
-    render_haproxy_cfg,
     render_redis_conf,
     render_sentinel_conf,
-    render_update_conf,
 )
 from keybuzz.testbed import ContainerTestbed  # noqa: E402
 from keybuzz.waiting import wait_for  # noqa: E402
@@ -135,8 +133,8 @@ class Testbed(ContainerTestbed):
         for sub in ("conf", "run", "etc", "bin"):
             (hp / sub).mkdir(parents=True)
         (hp / "conf" / "haproxy.cfg").write_text(render_haproxy_cfg(
-            "haproxy-01", self.haproxy_ip, f"{self.redis_ips[0]}:6379", db=[("db-01", self.ip(40))],
-            rabbitmq=[("queue-01", self.ip(41))]))
+            "haproxy-01", self.haproxy_ip, {"redis": [], "rabbitmq": [("queue-01", self.ip(41))]},
+            redis_master=f"{self.redis_ips[0]}:6379"))
         (hp / "etc" / "redis-update-master.conf").write_text(render_update_conf(
             self.sentinel_ips, self.redis_ips,
             HAPROXY_CFG=f"{CONTAINER_CFG_DIR}/haproxy.cfg",

@@ -1,11 +1,12 @@
 """Checks of the haproxy layer: the Redis path must go through HAProxy (no "not deployed yet" leniency).
 
-Example:
-    >>> print(diag(Target.from_env()))
+Example::
+
+    print(diag(Target.from_env()))
 """
 
 from keybuzz.checks import Target
-from keybuzz.checks import redis as _redis
+from keybuzz.redis import check as _redis
 
 
 def diag(target: Target):

@@ -11,19 +11,20 @@ Nodes are read through their management HTTP API on the private network (port 15
 application user (tag `monitoring`); AMQP goes through the LB address (`Target.lb`: 10.0.0.10 in
 production, the lab's stand-in in the lab). No secret is ever printed.
 
-Example:
-    >>> print(diag(Target.from_env()))
+Example::
+
+    print(diag(Target.from_env()))
 """
 
 from __future__ import annotations
 
-import os
 import statistics
-import subprocess
 import threading
 import time
 
-from keybuzz.amqp import (
+from keybuzz import ssh
+from keybuzz.checks import Report, Target
+from keybuzz.rabbitmq.client import (
     RETRYABLE,
     ConfirmedPublisher,
     Consumer,
@@ -34,12 +35,10 @@ from keybuzz.amqp import (
     place_on_node,
     wait_members,
 )
-from keybuzz.checks import Report, Target
+from keybuzz.rabbitmq.settings import AMQP_PORT, VHOSTS
 
-AMQP_PORT = 5672
 GAP_TARGET_S = 10.0  # issue 5: publish gap through the LB when the leader's node dies
 CHECK_QUEUE = "keybuzz.check"
-VHOSTS = ("/",)
 
 
 def _nodes(target: Target) -> list[tuple[str, str]]:
@@ -59,17 +58,6 @@ def _apis(target: Target) -> list[Management]:
 def _lb(target: Target) -> Endpoint:
     user, password = _creds(target)
     return Endpoint(target.lb, AMQP_PORT, user, password)
-
-
-def _ssh(ip: str, command: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    """Run `command` on a node over SSH with the deploy's settings (KEYBUZZ_SSH_*; no secret involved)."""
-    args = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-p", os.environ.get("KEYBUZZ_SSH_PORT", "22")]
-    if os.environ.get("KEYBUZZ_SSH_KEY"):
-        args += ["-i", os.environ["KEYBUZZ_SSH_KEY"], "-o", "IdentitiesOnly=yes"]
-    if os.environ.get("KEYBUZZ_SSH_KNOWN_HOSTS"):
-        args += ["-o", f"UserKnownHostsFile={os.environ['KEYBUZZ_SSH_KNOWN_HOSTS']}", "-o", "StrictHostKeyChecking=yes"]
-    args += [f"{os.environ.get('KEYBUZZ_SSH_USER', 'root')}@{ip}", command]
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
 
 
 def _members(report: Report, target: Target) -> list[str]:
@@ -185,7 +173,7 @@ def failover(target: Target, settle_seconds: float = 180) -> Report:
             return report
         at_stop = len(publisher.result.confirmed)
         began = time.monotonic()
-        answer = _ssh(victim_ip, "systemctl stop rabbitmq")
+        answer = ssh.run(victim_ip, "systemctl stop rabbitmq")
         stopped = answer.returncode == 0
         report.add(f"stopped rabbitmq on {victim} (leader of {queue}; publisher connected to it: {placed}) "
                    f"in {time.monotonic() - began:.1f}s", ok=stopped)
@@ -195,7 +183,7 @@ def failover(target: Target, settle_seconds: float = 180) -> Report:
     finally:
         try:
             if stopped:
-                _ssh(victim_ip, "systemctl start rabbitmq")
+                ssh.run(victim_ip, "systemctl start rabbitmq")
             members = wait_members(apis, len(nodes), settle_seconds)
         finally:
             stop.set()

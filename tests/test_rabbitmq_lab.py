@@ -1,7 +1,7 @@
 """RabbitMQ layer end to end in the lab (marker `lab`): deploy through SSH with the production code, no
 secret at -vvv, diag green, a second run changes nothing and restarts nothing, a changed config is
 rolled one node at a time under load, the leader's host dies mid-stream (no confirmed message lost,
-the publisher resumes through the load-balancer stand-in 172.30.0.10), the host comes back and its
+the publisher resumes through the load-balancer stand-in of lab/lab.yaml), the host comes back and its
 node rejoins by itself, the failover and perf checks pass.
 
 Order matters (one lab per session): the tests run top to bottom and each leaves the cluster healthy.
@@ -9,7 +9,6 @@ Order matters (one lab per session): the tests run top to bottom and each leaves
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 
@@ -17,14 +16,19 @@ import pytest
 
 from helpers import docker_time
 from keybuzz import credentials
-from keybuzz.amqp import ConfirmedPublisher, Consumer, Endpoint, Management, delete_queue, leader_of, wait_members
+from keybuzz.lab import lab as lab_module
+from keybuzz.rabbitmq.client import (
+    ConfirmedPublisher,
+    Consumer,
+    Endpoint,
+    Management,
+    delete_queue,
+    leader_of,
+    wait_members,
+)
 
-os.environ["TESTCONTAINERS_RYUK_DISABLED"] = "true"
-
-pytestmark = pytest.mark.lab
-
-QUEUE_HOSTS = {"queue-01": "172.30.0.126", "queue-02": "172.30.0.127", "queue-03": "172.30.0.128"}
-LB = "172.30.0.10"
+QUEUE_HOSTS = {h.name: h.ip for h in lab_module.TOPOLOGY if h.role == "rabbitmq"}
+LB = lab_module.LB_IP
 GAP_TARGET_S = 10.0
 CONF = "/opt/keybuzz/rabbitmq/conf/rabbitmq.conf"
 
@@ -55,7 +59,7 @@ def _started_at(lab, name: str) -> str:
 
 def _check(lab, kind: str):
     from keybuzz.checks import Target
-    from keybuzz.checks import rabbitmq as checks
+    from keybuzz.rabbitmq import check as checks
 
     with lab.lab_environ():
         return getattr(checks, kind)(Target.from_env())

@@ -1,4 +1,5 @@
-"""haproxy.cfg as the deploy renders it (templates/haproxy/haproxy.cfg.j2 via keybuzz.redisha): design §A
+"""haproxy.cfg as the deploy renders it (keybuzz.haproxy.settings: templates/haproxy/haproxy.cfg.j2 + each fronted
+layer's block): design §A
 (0.0.0.0 on 5432/6432/6379/5672, never 10.0.0.10), §C (be_redis_master), §D (be_rabbitmq verbatim), and
 `haproxy -c` on every config rendered for production (TBD addresses filled in) and for the lab."""
 
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from helpers import DESIGN_D_BLOCK
-from keybuzz.redisha import render_haproxy_cfg
+from keybuzz.haproxy.settings import render_haproxy_cfg
+from keybuzz.lab import lab
 from keybuzz.servers import load_servers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,13 +28,17 @@ def _production_configs() -> dict[str, str]:
     plan = load_servers(ROOT / "servers.tsv")
     db = [(s.name, s.ip or f"10.0.0.{201 + n}") for n, s in enumerate(plan.group("db"))]
     rabbitmq = [(s.name, s.ip) for s in plan.group("rabbitmq")]
-    return {s.name: render_haproxy_cfg(s.name, s.ip, "10.0.0.221:6379", db=db, rabbitmq=rabbitmq)
+    return {s.name: render_haproxy_cfg(s.name, s.ip, {"db": db, "redis": [], "rabbitmq": rabbitmq},
+                                       redis_master="10.0.0.221:6379")
             for s in plan.group("haproxy")}
 
 
 def _lab_config() -> str:
-    return render_haproxy_cfg("haproxy-01", "172.30.0.11", "172.30.0.21:6379", db=[],
-                              rabbitmq=[(f"queue-0{i}", f"172.30.0.{125 + i}") for i in (1, 2, 3)])
+    hosts = {h.name: h for h in lab.TOPOLOGY}
+    return render_haproxy_cfg("haproxy-01", hosts["haproxy-01"].ip,
+                              {"db": [], "redis": [],
+                               "rabbitmq": [(h.name, h.ip) for h in lab.TOPOLOGY if h.role == "rabbitmq"]},
+                              redis_master=f"{hosts['redis-01'].ip}:6379")
 
 
 def _active(cfg: str) -> str:
@@ -80,23 +86,20 @@ def test_be_rabbitmq_is_the_design_text_verbatim():
 
 def test_postgres_and_pgbouncer_backends_come_from_the_db_group():
     cfg = _production_configs()["haproxy-01"]
-    assert _block(cfg, "backend be_postgres")[-3:] == [f"server db-0{i} 10.0.0.{200 + i}:5432 check" for i in (1, 2, 3)]
-    assert _block(cfg, "backend be_pgbouncer")[-3:] == [
-        f"server db-0{i} 10.0.0.{200 + i}:6432 check" for i in (1, 2, 3)]
+    for backend, port in (("be_postgres", 5432), ("be_pgbouncer", 6432)):
+        servers = [line.split()[1:3] for line in _block(cfg, f"backend {backend}") if line.startswith("server ")]
+        assert servers == [[f"db-0{i}", f"10.0.0.{200 + i}:{port}"] for i in (1, 2, 3)], backend
 
 
 def test_a_malformed_master_address_is_refused_at_render_time():
     for bad in ("", "10.0.0.21", "10.0.0.256:6379", "redis-01:6379"):
         with pytest.raises(ValueError):
-            render_haproxy_cfg("haproxy-01", "10.0.0.11", bad, db=[], rabbitmq=[])
+            render_haproxy_cfg("haproxy-01", "10.0.0.11", {"redis": []}, redis_master=bad)
 
 
-@pytest.mark.containers
-def test_every_rendered_config_passes_haproxy_check():
+def test_every_rendered_config_passes_haproxy_check(lab_image):
     """`haproxy -c` (the lab image's HAProxy) on the production configs of both nodes and the lab's."""
-    from keybuzz.lab import images
-
-    image = images.build("haproxy", progress=lambda m: None)
+    image = lab_image("haproxy")
     configs = {**_production_configs(), "lab": _lab_config()}
     with tempfile.TemporaryDirectory() as tmp:
         for name, text in configs.items():

@@ -4,12 +4,13 @@ at-least-once consumer, and a read-only client of the management HTTP API.
 Every loop is bounded in count and time; passwords are taken as HiddenValue/str and never printed
 (no __repr__ shows them, errors carry only the exception class and the address).
 
-Example:
-    >>> ep = Endpoint("172.30.0.10", 5672, "keybuzz", creds["RABBITMQ_PASSWORD"])
-    >>> consumer = Consumer(ep, "keybuzz.check").start()
-    >>> publisher = ConfirmedPublisher(ep, "keybuzz.check")
-    >>> publisher.run(count=1000, seconds=60)
-    >>> consumer.wait_for(publisher.confirmed, seconds=30)   # -> set of missing ids (empty = no loss)
+Example::
+
+    ep = Endpoint("172.30.0.10", 5672, "keybuzz", creds["RABBITMQ_PASSWORD"])
+    consumer = Consumer(ep, "keybuzz.check").start()
+    publisher = ConfirmedPublisher(ep, "keybuzz.check")
+    publisher.run(count=1000, seconds=60)
+    consumer.wait_for(publisher.confirmed, seconds=30)   # -> set of missing ids (empty = no loss)
 """
 
 from __future__ import annotations
@@ -125,9 +126,10 @@ class ConfirmedPublisher:
     channel returns); on any connection/channel error it reconnects and publishes the SAME id
     again (so a message whose confirm was lost may arrive twice: duplicates allowed, no loss).
 
-    Example:
-        >>> result = ConfirmedPublisher(ep, "q").run(count=500, seconds=30)
-        >>> result.max_gap, len(result.confirmed)
+    Example::
+
+        result = ConfirmedPublisher(ep, "q").run(count=500, seconds=30)
+        result.max_gap, len(result.confirmed)
     """
 
     def __init__(self, endpoint: Endpoint, queue: str, heartbeat: int = 5, retry_pause: float = 0.2,
@@ -220,8 +222,9 @@ class Consumer:
     """Consumes `queue` in a background thread, acking each message after recording its id
     (at least once), reconnecting on failures until stopped.
 
-    Example:
-        >>> c = Consumer(ep, "q").start(); ...; missing = c.wait_for(ids, seconds=30); c.stop()
+    Example::
+
+        c = Consumer(ep, "q").start(); ...; missing = c.wait_for(ids, seconds=30); c.stop()
     """
 
     def __init__(self, endpoint: Endpoint, queue: str, heartbeat: int = 5, prefetch: int = 200,
@@ -298,9 +301,10 @@ def delete_queue(endpoint: Endpoint, queue: str) -> None:
 class Management:
     """Read-only client of the management HTTP API of one node (private network, port 15672).
 
-    Example:
-        >>> Management("172.30.0.126", "keybuzz", pw).nodes()[0]["name"]
-        'rabbit@queue-01'
+    Example::
+
+        Management("172.30.0.126", "keybuzz", pw).nodes()[0]["name"]
+        # -> 'rabbit@queue-01'
     """
 
     def __init__(self, host: str, user: str, password, port: int = 15672, timeout: float = 5.0):

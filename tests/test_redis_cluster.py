@@ -1,6 +1,6 @@
 """HAProxy follows Redis failovers (design §C), on real containers: 3 Redis + 3 Sentinel + HAProxy started
 from the project's rendered files, with the real redis-update-master.sh and redis-master-watch.sh running
-inside the HAProxy container (keybuzz/redis_testbed.py). Sentinel down-after is 2 s here (production: 5 s).
+inside the HAProxy container (keybuzz/redis/testbed.py). Sentinel down-after is 2 s here (production: 5 s).
 
 Tests share one testbed (module fixture) and each leaves it healthy: 3 Redis up, 3 Sentinels up,
 followers running. About 2-3 minutes on 2 cores.
@@ -8,17 +8,12 @@ followers running. About 2-3 minutes on 2 cores.
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 import redis
 
-os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
-
-from keybuzz.redis_testbed import Testbed  # noqa: E402
-
-pytestmark = pytest.mark.containers
+from keybuzz.redis.testbed import Testbed  # noqa: E402
 
 DOWN_AFTER_MS = 2000
 # kill -> Sentinel decision (down-after + election) -> HAProxy switch: generous bound for a busy CI machine
@@ -186,7 +181,7 @@ def test_bad_sentinel_answers_leave_haproxy_cfg_untouched_and_haproxy_serving(tb
 
 
 def test_the_check_module_reads_the_master_haproxy_uses_from_its_stats_page(tb):
-    from keybuzz.checks.redis import haproxy_master
+    from keybuzz.redis.check import haproxy_master
 
     _heal(tb)
     assert haproxy_master(tb.haproxy_ip) == tb.runtime_master() == tb.cfg_master()

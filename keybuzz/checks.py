@@ -1,11 +1,12 @@
-"""Checks of design §G (diag, failover, perf), importable by `invoke check` and by tests alike.
+"""What every layer's checks (design §G: diag, failover, perf) share: the report and the target.
 
-Each module `keybuzz.checks.<layer>` provides `diag(target)`, `failover(target)` and `perf(target)`,
-each returning a `Report` (ok flag + short lines for a human).
+Each layer's `keybuzz/<layer>/check.py` provides `diag(target)`, `failover(target)` and `perf(target)`,
+each returning a `Report` (ok flag + short lines for a human); keybuzz.runner runs them for invoke and the lab.
 
-Example:
-    >>> from keybuzz.checks import redis, Target
-    >>> print(redis.diag(Target.from_env()))
+    >>> r = Report("redis diag"); r.add("redis-01 master"); r.add("redis-02 down", ok=False); print(r)
+    FAIL redis diag
+      redis-01 master
+    ! redis-02 down
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""The db layer: PostgreSQL + Patroni + etcd + PgBouncer (deploys/db.py, templates/db/)."""

@@ -1,0 +1,31 @@
+"""Settings of the RabbitMQ layer (design §D): where things live on the queue hosts, ports, and this layer's
+block of haproxy.cfg (be_rabbitmq exactly as §D).
+
+    >>> "balance roundrobin" in render_haproxy_block([("queue-01", "10.0.0.126")])
+    True
+"""
+
+from __future__ import annotations
+
+from keybuzz.render import render
+
+AMQP_PORT = 5672
+MANAGEMENT_PORT = 15672
+BASE = "/opt/keybuzz/rabbitmq"
+CONF = f"{BASE}/conf"
+DATA = f"{BASE}/data"
+SCRIPT = f"{BASE}/bin/keybuzz-rabbitmq"
+USER_CONF = f"{CONF}/conf.d/20-keybuzz-user.conf"
+# uid of the rabbitmq user in the pinned image (official rabbitmq images and the lab image alike);
+# only the uid matters: every file it reads is owner-only.
+RABBITMQ_UID = "999"
+# The KeyBuzz vhost(s): quorum is their default queue type (a queue declared without x-queue-type
+# is a quorum queue); the application user gets full permissions on them.
+VHOSTS = ("/",)
+# Bound of every wait of the node script (boot, join, quorum-critical): a stuck node fails the run.
+WAIT_SECONDS = 300
+
+
+def render_haproxy_block(nodes: list[tuple[str, str]], **_runtime) -> str:
+    """This layer's frontend and backend in haproxy.cfg: be_rabbitmq, round-robin over the three nodes (§D)."""
+    return render("rabbitmq/haproxy.cfg.j2", nodes=nodes)

@@ -1,0 +1,1 @@
+"""The redis layer: see deploys/redis.py (the deploy) and templates/redis/ (what it installs)."""
