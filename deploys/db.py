@@ -63,7 +63,7 @@ PG_UID = str(S.postgres_uid)
 PGB_UID = str(S.pgbouncer_uid)
 APP_USER = creds["POSTGRES_APP_USER"].unmask()
 APP_DB = APP_USER  # the application database carries the application user's name
-SECRETS = PatroniSecrets(
+LOGINS = PatroniSecrets(
     superuser=creds["POSTGRES_SUPERUSER"].unmask(), superpass=creds["POSTGRES_SUPERPASS"].unmask(),
     repl_user=creds["POSTGRES_REPLICATION_USER"].unmask(), repl_pass=creds["POSTGRES_REPLICATION_PASS"].unmask(),
     rest_user=creds["PATRONI_API_USER"].unmask(), rest_pass=creds["PATRONI_API_PASS"].unmask(),
@@ -71,7 +71,7 @@ SECRETS = PatroniSecrets(
 # One verifier for PostgreSQL and PgBouncer; its salt is derived from a secret so that every run writes the
 # same files (a random salt would change them each time).
 APP_VERIFIER = scram_verifier(creds["POSTGRES_APP_PASS"].unmask(),
-                              salt=deterministic_salt(SECRETS.superpass, APP_USER))
+                              salt=deterministic_salt(LOGINS.superpass, APP_USER))
 SETTINGS = replace(S, client_networks=(ctx.private_network,))  # pg_hba: clients from the private network only
 
 # --- refuse what would break a cluster, before anything changes -------------------------------------------
@@ -106,11 +106,11 @@ etcd_env = files.put(name=f"Install {S.base_dir}/etcd.env (no secret)",
 patroni_yml = secret_file(
     name="Install patroni.yml (superuser, replication, REST API passwords; 0600 postgres)",
     dest=f"{S.config_dir}/patroni.yml", user=PG_UID, group=PG_UID,
-    content=HiddenValue(render_patroni_yml(NAME, ME, NODES, SECRETS, SETTINGS)),
+    content=HiddenValue(render_patroni_yml(NAME, ME, NODES, LOGINS, SETTINGS)),
 )
 secret_file(name=f"Install {ADMIN_LOGIN_FILE} (the superuser, for keybuzz-db; 0600 postgres)",
             dest=f"{S.config_dir}/{ADMIN_LOGIN_FILE}", user=PG_UID, group=PG_UID,
-            content=HiddenValue(render_admin_passfile(SECRETS.superuser, SECRETS.superpass, S)))
+            content=HiddenValue(render_admin_passfile(LOGINS.superuser, LOGINS.superpass, S)))
 app_sql = secret_file(name=f"Install {APP_SQL} (application role and database; 0600 postgres)",
                       dest=f"{S.config_dir}/{APP_SQL}", user=PG_UID, group=PG_UID,
                       content=HiddenValue(render_app_sql(APP_USER, APP_VERIFIER, APP_DB)))
@@ -120,7 +120,7 @@ userlist = secret_file(name="Install PgBouncer's userlist.txt (SCRAM verifiers o
                        dest=f"{S.pgbouncer_dir}/userlist.txt", user=PGB_UID, group="0",
                        content=HiddenValue(render_pgbouncer_userlist([(APP_USER, APP_VERIFIER)])))
 files.put(name=f"Install {NODE_SCRIPT}", dest=NODE_SCRIPT, user="root", group="root", mode="755",
-          src=StringIO(render_node_script(NAME, ME, len(NODES), SECRETS.superuser, APP_USER, APP_DB, S)))
+          src=StringIO(render_node_script(NAME, ME, len(NODES), LOGINS.superuser, APP_USER, APP_DB, S)))
 
 # --- units ------------------------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from keybuzz.haproxy.settings import STATS_PORT
 def parse_stats(text: str) -> list[dict]:
     """Rows of HAProxy's stats CSV (the stats page's `;csv` or the admin socket's `show stat`).
 
-    >>> parse_stats("# pxname,svname,status\nbe_x,db-01,UP\nbe_x,db-02,DOWN\n")[0]["svname"]
+    >>> parse_stats("# pxname,svname,status\\nbe_x,db-01,UP\\nbe_x,db-02,DOWN\\n")[0]["svname"]
     'db-01'
     """
     return list(csv.DictReader(io.StringIO(text.lstrip("# "))))
@@ -24,7 +24,7 @@ def parse_stats(text: str) -> list[dict]:
 def up_servers(rows: list[dict], backend: str) -> list[str]:
     """Names of the servers of `backend` marked UP, sorted.
 
-    >>> up_servers(parse_stats("# pxname,svname,status\nbe_x,db-01,UP\nbe_x,db-02,DOWN\nbe_x,BACKEND,UP"), "be_x")
+    >>> up_servers(parse_stats("# pxname,svname,status\\nbe_x,db-01,UP\\nbe_x,db-02,DOWN\\nbe_x,BACKEND,UP"), "be_x")
     ['db-01']
     """
     return sorted(r["svname"] for r in rows

@@ -208,8 +208,8 @@ def image_ref(name: str) -> str:
 
     Example::
 
-    image_ref("redis")
-    # -> 'keybuzz-lab/redis:3f1c0a9b2d4e'
+        image_ref("redis")
+        # -> 'keybuzz-lab/redis:3f1c0a9b2d4e'
     """
     if name.startswith("base-"):
         suite = _suite(name)

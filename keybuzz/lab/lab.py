@@ -124,8 +124,8 @@ def paths() -> dict[str, Path]:
 
     Example::
 
-    paths()["servers"]
-    # -> PosixPath('/work/main/.lab/servers.tsv')
+        paths()["servers"]
+        # -> PosixPath('/work/main/.lab/servers.tsv')
     """
     return {
         "servers": LAB_DIR / "servers.tsv",
@@ -657,8 +657,10 @@ def _remove_leaked_cgroups(container_ids: list[str]) -> None:
 def status() -> list[dict[str, str]]:
     """One row per lab container: name, role, address, state (absent when not created).
 
-    >>> status()[0]
-    {'name': 'registry', 'role': 'registry', 'address': '172.30.0.2:5000', 'state': 'running'}
+    Example::
+
+        status()[0]
+        # -> {'name': 'registry', 'role': 'registry', 'address': '172.30.0.2:5000', 'state': 'running'}
     """
     rows = [{"name": "registry", "role": "registry", "address": REGISTRY, "container": REGISTRY_CONTAINER},
             {"name": "lb", "role": "lb 10.0.0.10", "address": LB_IP, "container": LB_CONTAINER}]
@@ -673,8 +675,8 @@ def exec(host_name: str, cmd: str, timeout: float = 120) -> subprocess.Completed
 
     Example::
 
-    exec("redis-01", "systemctl is-active docker").stdout
-    # -> 'active\\n'
+        exec("redis-01", "systemctl is-active docker").stdout
+        # -> 'active\\n'
     """
     return _run(["docker", "exec", host(host_name).container, "sh", "-c", cmd], check=False, timeout=timeout)
 
