@@ -4,6 +4,7 @@
     invoke layer --name redis          deploy one layer, then run its checks
     invoke all                         every layer in the design's order, stop at the first failure
     invoke check --name redis          diag (add --failover / --perf)
+    invoke versions.check [--lock F]   every pinned image's digest from its registry (or the mirror)
     invoke lab.up / lab.down / lab.status / lab.ssh <host>
 
 `--lab` on layer/all/check targets the local lab instead of servers.tsv.
@@ -16,7 +17,7 @@ import sys
 
 from invoke import Collection, Exit, task
 
-from keybuzz import credentials, runner
+from keybuzz import credentials, runner, versions
 from keybuzz.errors import InputError
 from keybuzz.inventory import preflight
 from keybuzz.layers import LAYERS, ordered
@@ -113,12 +114,41 @@ def check(c, name, failover=False, perf=False, lab=False):
                                 f"{credentials.DEFAULT_DIR})"})
 def credentials_init(c, dir=None):
     """Create missing credentials files/variables with random values (never overwrites a value)."""
-    for line in credentials.init(dir) or ["all credentials present, nothing changed"]:
+    try:
+        changes = credentials.init(dir)
+    except InputError as e:  # an existing .env that cannot be read safely is never rewritten
+        raise _fail(str(e)) from None
+    for line in changes or ["all credentials present, nothing changed"]:
         print(line)
+
+
+@task(name="check", help={"lock": "write the digests found to this lock file; deploys use it with "
+                                  "KEYBUZZ_VERSIONS_LOCK=<file>"})
+def versions_check(c, lock=None):
+    """Ask the registry (or the mirror) for every pinned image's digest; --lock FILE writes a lock file."""
+    try:
+        pins = versions.load_versions()
+    except InputError as e:
+        raise _fail(str(e)) from None
+    results = versions.check_images(pins)
+    for result in results:
+        print(result.line(), flush=True)
+    missing = [r.key for r in results if r.status != "found"]
+    if lock:
+        if len(missing) == len(results):
+            print(f"no image found: {lock} not written")
+        else:
+            locked = versions.write_lock(lock, results, pins)
+            print(f"lock written: {lock} ({len(locked)} of {len(results)} images"
+                  f"{'; not locked: ' + ', '.join(missing) if missing else ''}); "
+                  f"deploys use it with KEYBUZZ_VERSIONS_LOCK={lock}")
+    if missing:
+        raise Exit(f"keybuzz: not found or unreachable: {', '.join(missing)}", code=1)
 
 
 ns = Collection(layer, all_layers, check)
 ns.add_collection(Collection("credentials", credentials_init))
+ns.add_collection(Collection("versions", versions_check))
 try:
     from keybuzz.lab import tasks as lab_tasks
 

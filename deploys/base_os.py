@@ -15,24 +15,36 @@ On every host (all roles but install):
     the run says so.
   * /opt/keybuzz/<service> directories of the host's role (root, 0755: the service layer protects
     what is below, e.g. data 0750 and secrets 0600/0400, and manages the same mode on it).
+  * a host firewall (nftables, its own table): the role's service ports (OPEN_PORTS of each layer's
+    settings) and SSH from the private network, SSH from $KEYBUZZ_ADMIN_NETWORKS, nothing else inbound.
   * /etc/hosts block naming every host of servers.tsv, plus minio-0N.keybuzz.io and s3.keybuzz.io
     (-> minio-01) from design §B.
 A second run changes nothing.
 """
 
+import os
 from io import BytesIO
 
 from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, StringCommand, operation
+from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.files import FileContents
 from pyinfra.facts.server import Command, Sysctl
 from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from keybuzz.base_os.settings import HOSTS_BEGIN, HOSTS_END, SYSCTL_FILE, SYSCTLS
+from keybuzz.base_os.settings import (
+    FIREWALL_FILE,
+    HOSTS_BEGIN,
+    HOSTS_END,
+    SYSCTL_FILE,
+    SYSCTLS,
+    admin_networks,
+    open_ports,
+)
 from keybuzz.context import layer_context
 from keybuzz.layers import data_dirs
-from keybuzz.ops import apt_packages, template
+from keybuzz.ops import apt_packages, restart_if, template, validated_file
 from keybuzz.render import render
 
 ctx = layer_context("base_os")
@@ -104,13 +116,16 @@ daemon_json = template("base_os/daemon.json.j2", "/etc/docker/daemon.json",
                        insecure_registries=ctx.versions["insecure_registries"],
                        registry_mirror=ctx.versions["registry_mirror"] or "")
 
-PACKAGES = [ctx.versions["docker_engine_package"], "ca-certificates", "systemd-timesyncd", "procps"]
+PACKAGES = [ctx.versions["docker_engine_package"], "ca-certificates", "systemd-timesyncd", "procps", "nftables"]
 
 
-apt_packages(PACKAGES, f"Docker Engine ({ctx.versions['docker_engine_package']}), CA certificates, time sync, "
-             "procps", no_recommends=True)
-if "docker.io" not in (host.get_fact(Command, command="apt-mark showhold") or "").split():
-    server.shell(name="Hold docker.io at its pinned version", commands=["apt-mark hold docker.io"])
+apt_packages(PACKAGES, "CA certificates, time sync, procps, nftables (and the pinned Docker Engine)",
+             no_recommends=True)
+# The apt preferences pin keeps Docker within versions.yaml's pin while taking its security rebuilds; a hold
+# (what earlier versions of this layer set) would block those.
+if "docker.io" in (host.get_fact(Command, command="apt-mark showhold") or "").split():
+    server.shell(name="Release the old hold on docker.io (the apt preferences pin replaces it)",
+                 commands=["apt-mark unhold docker.io"])
 
 systemd.service(name="Enable and start Docker", service="docker.service", running=True, enabled=True)
 server.shell(
@@ -134,6 +149,25 @@ systemd.service(
 
 template("base_os/sysctl.conf.j2", SYSCTL_FILE, sysctls=SYSCTLS)
 apply_sysctls(name="Apply kernel settings", path=SYSCTL_FILE, wanted=SYSCTLS)
+
+# --- host firewall (nftables, table inet keybuzz: the role's ports from the private network only) -------------
+
+ROLE = host.data.get("role")
+TCP_PORTS, UDP_PORTS = open_ports(ROLE)
+try:
+    ADMIN_NETWORKS = admin_networks(os.environ.get("KEYBUZZ_ADMIN_NETWORKS"))
+except ValueError as e:
+    raise DeployError(str(e)) from None
+files.directory(name="Create /etc/keybuzz", path="/etc/keybuzz", user="root", group="root", mode="755")
+firewall = validated_file(
+    name=f"Install {FIREWALL_FILE} (checked with nft -c before it replaces the old one)",
+    dest=FIREWALL_FILE, check="nft -c -f",
+    content=render("base_os/firewall.nft.j2", hostname=host.name, role=ROLE, private_network=ctx.private_network,
+                   admin_networks=ADMIN_NETWORKS, tcp_ports=TCP_PORTS, udp_ports=UDP_PORTS),
+)
+firewall_unit = template("base_os/keybuzz-firewall.service", "/etc/systemd/system/keybuzz-firewall.service")
+# loaded at boot by its unit; a changed rule set is applied now (a restart of the oneshot unit loads the file)
+restart_if("keybuzz-firewall", firewall, firewall_unit)
 
 # --- data directories ------------------------------------------------------------------------------------
 

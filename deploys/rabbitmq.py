@@ -22,6 +22,8 @@ Then, once for the cluster: users, vhosts (default queue type quorum), permissio
 A second run changes nothing.
 """
 
+import shlex
+
 from pyinfra import host
 from pyinfra.api import FactBase, HiddenValue, operation
 from pyinfra.operations import files, server, systemd
@@ -30,7 +32,17 @@ from pyinfra.operations.util import any_changed
 from keybuzz.context import layer_context
 from keybuzz.facts import ServiceActive, UserOfUid
 from keybuzz.ops import container_unit, secret_file, template
-from keybuzz.rabbitmq.settings import BASE, CONF, DATA, RABBITMQ_UID, SCRIPT, USER_CONF, VHOSTS, WAIT_SECONDS
+from keybuzz.rabbitmq.settings import (
+    BASE,
+    CONF,
+    DATA,
+    RABBITMQ_UID,
+    SCRIPT,
+    USER_CONF,
+    VHOSTS,
+    WAIT_SECONDS,
+    erl_dist_args,
+)
 from keybuzz.render import render
 
 
@@ -123,6 +135,10 @@ def deploy() -> None:
     run_args = [
         "--user", RABBITMQ_UID,
         "-e", f"RABBITMQ_NODENAME=rabbit@{host.name}",
+        # epmd and the Erlang distribution on the private address only (with host networking they would
+        # listen on every interface, the public one included), distribution on one fixed port
+        "-e", f"ERL_EPMD_ADDRESS={private_ip}",
+        "-e", shlex.quote(f"RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS={erl_dist_args(private_ip)}"),
         # peers resolve by the names of the inventory, whatever the hosts' DNS or /etc/hosts say
         *[arg for name, ip in peers for arg in ("--add-host", f"{name}:{ip}")],
         "-v", f"{CONF}:/etc/rabbitmq:ro",

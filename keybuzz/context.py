@@ -11,7 +11,6 @@ Example (top of deploys/redis.py)::
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from gevent.lock import Semaphore
 
 from keybuzz import credentials
 from keybuzz.layers import LAYERS, Layer
-from keybuzz.servers import ServerPlan, load_servers
+from keybuzz.servers import ServerPlan, load_servers, private_network
 from keybuzz.versions import image, load_versions
 
 T = TypeVar("T")
@@ -77,11 +76,13 @@ class LayerContext:
     @property
     def private_network(self) -> str:
         """The servers' private network (Hetzner: 10.0.0.0/16); $KEYBUZZ_PRIVATE_NETWORK sets another (the lab).
+        One source: keybuzz.servers.private_network, which also checks every address of servers.tsv.
 
-        >>> layer_context("base_os").private_network in ("10.0.0.0/16", os.environ.get("KEYBUZZ_PRIVATE_NETWORK"))
+        >>> import ipaddress
+        >>> ipaddress.ip_network(layer_context("base_os").private_network).is_private
         True
         """
-        return os.environ.get("KEYBUZZ_PRIVATE_NETWORK", "10.0.0.0/16")
+        return str(private_network())
 
     def addresses(self, role: str) -> list[tuple[str, str]]:
         """[(hostname, private_ip)] of a role, in servers.tsv order."""

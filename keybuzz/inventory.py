@@ -2,8 +2,8 @@
 
 `inventory.py` at the repository root calls `build_groups()`. When the command line names a
 deploy (`pyinfra inventory.py deploys/redis.py`), only the hosts that layer touches are in the
-inventory, and their addresses, versions.yaml and the layer's credentials are checked before
-pyinfra contacts any host.
+inventory, and their addresses, the groups it renders, versions.yaml, the layer's credentials and the
+SSH known_hosts (a key for every host it contacts: keybuzz.ssh) are checked before pyinfra contacts any host.
 
 Example::
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from keybuzz import ROOT, credentials
+from keybuzz import ROOT, credentials, ssh
 from keybuzz.errors import InputError, PinRefused
 from keybuzz.layers import LAYERS, Layer, from_deploy_path
 from keybuzz.servers import ROLES, load_servers
@@ -42,11 +42,13 @@ def preflight(layers, plan=None) -> None:
 
     A layer may refuse pins it cannot deploy: keybuzz/<layer>/settings.py `preflight(versions)` raising
     PinRefused, reported at the line of versions.yaml (or of the override file) that pins the key.
+    Last, SSH trust: the known_hosts file must hold a key of every host the layers deploy to (keybuzz.ssh).
     """
     plan = plan or load_servers()
     versions = load_versions()
     for layer in layers:
         plan.require_addresses(layer.roles + layer.renders)
+        plan.require_hosts(layer.name, layer.roles, layer.renders)
         for brick in layer.bricks:
             credentials.load(brick)
         if (ROOT / "keybuzz" / layer.name / "settings.py").is_file():
@@ -55,6 +57,9 @@ def preflight(layers, plan=None) -> None:
                 getattr(settings, "preflight", lambda _versions: None)(versions)
             except PinRefused as e:
                 raise InputError(*pin_location(e.key), e.reason) from None
+    contacted = {s.name: s.ip for layer in layers for s in plan.servers if s.role in layer.roles and s.ip}
+    if contacted:
+        ssh.require_known_hosts(contacted.items())
 
 
 def build_groups(argv=None) -> dict[str, list]:
@@ -71,6 +76,8 @@ def build_groups(argv=None) -> dict[str, list]:
         groups.setdefault(s.role, []).append(
             (s.name, {"ssh_hostname": s.ip, "private_ip": s.ip, "role": s.role})
         )
+    if not layers and groups:  # a plain `pyinfra inventory.py <operation>` contacts every host listed
+        ssh.require_known_hosts([(name, data["private_ip"]) for hosts in groups.values() for name, data in hosts])
     return groups
 
 

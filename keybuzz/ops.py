@@ -17,11 +17,13 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import posixpath
 import shlex
+from fnmatch import fnmatchcase
 from io import BytesIO
 
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, HiddenValue, StringCommand, operation
+from pyinfra.api import FileUploadCommand, HiddenValue, OperationError, StringCommand, operation
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import File, Sha256File
 from pyinfra.facts.server import Command
@@ -38,16 +40,42 @@ def _raw(content) -> bytes:
     return text.encode() if isinstance(text, str) else text
 
 
+STAGING_DIR_NAME = ".keybuzz-staging"  # root 0700, at the root of the mount holding a secret file's destination
+
+
+def _staging_mount_probe(directory: str) -> str:
+    """Shell printing the mount point of `directory`, or of its nearest existing ancestor (an earlier operation of
+    the same run may create the directory)."""
+    return (f"p={shlex.quote(directory)}; while [ ! -d \"$p\" ]; do p=$(dirname -- \"$p\"); done; "
+            "stat -c %m -- \"$p\"")
+
+
+def _fail(message: str) -> str:
+    return f"{{ echo {shlex.quote('keybuzz: ' + message)} >&2; exit 1; }}"
+
+
+def _steps(*steps: str) -> StringCommand:
+    """One shell command running `steps` in order, stopping at the first that fails (each one grouped, so that a
+    `check || fail` step never mixes with its neighbours' && / ||)."""
+    return StringCommand(" && ".join(f"{{ {step}; }}" for step in steps))
+
+
 @operation()
 def secret_file(dest: str, content, user: str = "root", group: str = "root", mode: str = "600",
                 only_if_absent: bool = False):
-    """Write a file whose content is secret: never printed, never world-readable, even for an instant.
+    """Write a file whose content is secret: never printed, never world-readable, even for an instant, and never
+    written through a symlink, even in a directory a container can write (/opt/keybuzz/<layer>/conf).
 
-    Compares sha256 only (facts print the hash, not the content; no --diff output), uploads into a
-    0600 temporary file beside `dest`, then moves it into place. `only_if_absent`: a bootstrap file that
-    its service rewrites afterwards (sentinel.conf): written when missing, never compared or replaced.
+    Compares sha256 only (facts print the hash, not the content; no --diff output). The temporary file is staged
+    in `.keybuzz-staging` (root:root 0700) at the root of the mount that holds `dest` (`stat -c %m`): no other user
+    can plant or swap anything there, and the final `mv -T` is a single rename on one mount. Ownership is set with
+    `chown -h` on that file, then `mv -T` replaces `dest` (a symlink planted at `dest` is replaced, not followed;
+    a directory at `dest` fails the operation). The mount point must be root's (not writable by group or others
+    unless sticky), and an existing `.keybuzz-staging` that is not a root 0700 directory fails the operation.
+    `only_if_absent`: a bootstrap file that its service rewrites afterwards (sentinel.conf): written when missing,
+    never compared or replaced.
 
-    + dest: remote path
+    + dest: remote path (its directory must exist when the operation runs)
     + content: HiddenValue (or str/bytes) with the full file content
     + user, group, mode: final ownership and mode (numeric ids are fine)
     + only_if_absent: write only when `dest` does not exist
@@ -62,12 +90,14 @@ def secret_file(dest: str, content, user: str = "root", group: str = "root", mod
         return
     data = _raw(content)
     want = hashlib.sha256(data).hexdigest()
-    # names and numeric ids both, so that user="999" matches a uid that has no name on the host
-    owner = (host.get_fact(Command, command=f"stat -c '%U %u %G %g %a' {shlex.quote(dest)} 2>/dev/null || true")
+    # names and numeric ids both, so that user="999" matches a uid that has no name on the host; %F last: the file
+    # type ("regular file", "symbolic link"): a symlink at dest is rewritten, its target never read
+    owner = (host.get_fact(Command, command=f"stat -c '%U %u %G %g %a %F' {shlex.quote(dest)} 2>/dev/null || true")
              or "").split()
     same = (
         not only_if_absent
-        and len(owner) == 5
+        and len(owner) >= 6
+        and " ".join(owner[5:]) == "regular file"
         and str(user) in owner[0:2]
         and str(group) in owner[2:4]
         and owner[4] == mode.lstrip("0")
@@ -76,12 +106,41 @@ def secret_file(dest: str, content, user: str = "root", group: str = "root", mod
     if same:
         host.noop(f"{dest} is up to date")
         return
-    tmp = f"{dest}.keybuzz-new"
-    yield StringCommand("install", "-m", "600", "-o", "root", "-g", "root", "/dev/null", tmp)
+    directory = posixpath.dirname(dest.rstrip("/")) or "/"
+    mount = host.get_fact(Command, command=_staging_mount_probe(directory)) or ""
+    if not mount.startswith("/"):
+        raise OperationError(f"cannot find the mount point of {directory}")
+    staging = posixpath.join(mount, STAGING_DIR_NAME)
+    tmp = posixpath.join(staging, f"{posixpath.basename(dest)}.{hashlib.sha256(dest.encode()).hexdigest()[:12]}.new")
+    q = {k: shlex.quote(v) for k, v in
+         {"m": mount, "s": staging, "t": tmp, "d": directory, "dest": dest, "owner": f"{user}:{group}",
+          "mode": mode}.items()}
+    same_mount = (f"[ \"$(stat -c %m -- {q['d']})\" = {q['m']} ] || "
+                  + _fail(f"{directory} is not on the mount {mount} (missing, or moved)"))
+    # the mount point must be root's alone: owned by root, not writable by group or others unless sticky (/tmp)
+    yield _steps(
+        same_mount,
+        f"[ \"$(stat -c %u -- {q['m']})\" = 0 ] || "
+        + _fail(f"{mount} is not owned by root: no safe staging directory"),
+        f"a=$(stat -c %a -- {q['m']})",
+        "{ [ $((0$a & 022)) -eq 0 ] || [ $((0$a & 01000)) -ne 0 ]; } || "
+        + _fail(f"{mount} is writable by group or others: no safe staging directory"),
+        f"mkdir -m 700 -- {q['s']} 2>/dev/null || true",
+        f"[ -d {q['s']} ] && [ ! -L {q['s']} ] && [ \"$(stat -c %u:%g:%a -- {q['s']})\" = 0:0:700 ] || "
+        + _fail(f"{staging} is not a directory owned by root with mode 0700; remove it (it is recreated)"),
+        f"rm -f -- {q['t']}",
+        f"install -m 600 -o root -g root /dev/null {q['t']}",
+    )
     yield FileUploadCommand(BytesIO(data), tmp)
     # `mv -n` for a bootstrap file: if the service created it meanwhile, its own version wins
-    yield StringCommand("chown", f"{user}:{group}", tmp, "&&", "chmod", mode, tmp, "&&",
-                        "mv", "-n" if only_if_absent else "-f", tmp, dest, "&&", "rm", "-f", tmp)
+    move = (f"{{ mv -n -T -- {q['t']} {q['dest']} || [ -e {q['dest']} ]; }} && rm -f -- {q['t']}" if only_if_absent
+            else f"mv -f -T -- {q['t']} {q['dest']}")
+    yield _steps(
+        f"chown -h -- {q['owner']} {q['t']}",
+        f"chmod -- {q['mode']} {q['t']}",
+        same_mount,
+        move,
+    )
 
 
 @operation()
@@ -105,30 +164,47 @@ def owned_directory(path: str, uid: str, gid: str, mode: str):
 
 
 def missing_packages(wanted, installed: dict) -> list[str]:
-    """Packages of `wanted` ("name" or "name=version") not installed at that version.
+    """Packages of `wanted` ("name", "name=version" or "name=version*", apt's glob) not installed at a matching
+    version.
 
     >>> missing_packages(["socat", "docker.io=20.10.24"], {"socat": ["1.7"], "docker.io": ["20.10.25"]})
     ['docker.io=20.10.24']
+    >>> missing_packages(["docker.io=20.10.24+dfsg1-1+deb12u*"], {"docker.io": ["20.10.24+dfsg1-1+deb12u1+b6"]})
+    []
     """
     missing = []
     for spec in wanted:
         name, _, version = spec.partition("=")
-        if name not in installed or (version and version not in installed[name]):
+        have = installed.get(name) or []
+        if not have or (version and not any(fnmatchcase(v, version) for v in have)):
             missing.append(spec)
     return missing
 
 
 def apt_packages(packages: list[str], what: str, **kwargs):
-    """Install Debian `packages` ("name" or "name=version"); the package lists are updated only when one
-    is missing (a second run neither updates nor changes anything). `kwargs` go to apt.packages.
+    """Install Debian `packages` ("name", "name=version", or "name=version*": the newest build matching apt's
+    glob, kept there by an /etc/apt/preferences.d pin so that security rebuilds are taken and other versions
+    never are). The package lists are updated only when one is missing: a second run changes nothing.
+    `kwargs` go to apt.packages.
 
     Example::
 
         apt_packages(["redis-tools", "socat"], "redis-cli and socat for redis-update-master.sh")
+        apt_packages(["docker.io=20.10.24+dfsg1-1+deb12u*"], "Docker Engine")
     """
-    if missing_packages(packages, host.get_fact(DebPackages)):
+    missing = missing_packages(packages, host.get_fact(DebPackages))
+    if missing:
         apt.update(name="Update the apt package lists")
-    return apt.packages(name=f"Install {what}", packages=packages, **kwargs)
+    plain = [p for p in packages if "*" not in p]
+    if plain:
+        apt.packages(name=f"Install {what}", packages=plain, **kwargs)
+    for spec in (p for p in packages if "*" in p):
+        name, _, pattern = spec.partition("=")
+        template("common/apt-pin.pref.j2", f"/etc/apt/preferences.d/keybuzz-{name}", package=name, pattern=pattern)
+        if spec in missing:
+            server.shell(name=f"Install {name} {pattern} (the newest matching build)", commands=[
+                "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends --allow-downgrades "
+                + shlex.quote(spec)])
 
 
 def template(src: str, dest: str, mode: str = "644", user: str = "root", group: str = "root", **context):

@@ -20,7 +20,7 @@ from keybuzz.lab import lab as lab_module
 from keybuzz.layers import data_dirs
 from keybuzz.render import render
 from keybuzz.runner import parse_changes
-from keybuzz.servers import load_servers
+from keybuzz.servers import DEFAULT_PRIVATE_NETWORK, load_servers
 from keybuzz.versions import image, load_versions
 
 LAB_NET = ipaddress.ip_network(lab_module.SUBNET)
@@ -32,8 +32,9 @@ LAB_NET = ipaddress.ip_network(lab_module.SUBNET)
 def test_lab_plan_is_valid_and_stays_on_the_lab_network(tmp_path):
     path = tmp_path / "servers.tsv"
     path.write_text(lab_module.servers_tsv())
-    plan = load_servers(path)  # the production validation: header, roles, group sizes, LB addresses
-    production = load_servers()
+    # the production validation: header, roles, group sizes, LB addresses
+    plan = load_servers(path, network=lab_module.SUBNET)
+    production = load_servers(network=DEFAULT_PRIVATE_NETWORK)
     for s in plan.servers:
         address = ipaddress.ip_address(s.ip)
         assert address in LAB_NET and address not in ipaddress.ip_network("10.0.0.0/8"), s
@@ -67,7 +68,7 @@ def test_lb_standin_balances_every_lb_port_to_both_haproxy_hosts():
 
 
 def test_hosts_block_names_every_host_and_the_minio_names_of_design_b():
-    plan = load_servers()  # production plan
+    plan = load_servers(network=DEFAULT_PRIVATE_NETWORK)  # production plan
     block = render("base_os/hosts.j2", servers=[(s.name, s.ip) for s in plan.servers if s.ip],
                    minio=[s.name for s in plan.group("minio")])
     lines = block.strip().splitlines()
@@ -137,6 +138,8 @@ echo "hostname=$(hostname)"
 echo "docker_active=$(systemctl is-active docker.service)"
 echo "docker_version=$(docker version --format '{{.Server.Version}}')"
 echo "docker_hold=$(apt-mark showhold | grep -cx docker.io)"
+echo "docker_pinned=$(grep -c '^Pin-Priority: 990$' /etc/apt/preferences.d/keybuzz-docker.io)"
+echo "nft_table=$(nft list tables | grep -c 'inet keybuzz')"
 echo "timesyncd_enabled=$(systemctl is-enabled systemd-timesyncd.service)"
 echo "insecure=$(docker info --format '{{json .RegistryConfig.IndexConfigs}}' | grep -c "$REGISTRY")"
 echo "sysctl_file=$(grep -c '^vm.overcommit_memory = 1$' /etc/sysctl.d/60-keybuzz.conf)"
@@ -160,7 +163,9 @@ def test_every_host_answers_over_ssh_with_the_base_os_in_place(lab):
             "hostname": h.name,
             "docker_active": "active",
             "docker_version": engine,
-            "docker_hold": "1",
+            "docker_hold": "0",  # the apt preferences pin, not a hold (security rebuilds stay possible)
+            "docker_pinned": "1",
+            "nft_table": "1",
             "timesyncd_enabled": "enabled",
             "insecure": "1",
             "sysctl_file": "1",
@@ -204,3 +209,13 @@ def test_dockerd_can_be_killed_and_a_host_stopped_and_started(lab):
     lab.start_host("queue-03")  # waits for sshd
     after = lab.ssh("queue-03", "hostname && systemctl is-active docker.service")
     assert after.returncode == 0 and after.stdout.split() == ["queue-03", "active"], after.stderr
+
+
+def test_the_public_side_is_closed_and_ssh_answers_on_the_private_side(lab):
+    """Issue 9: every host has a second interface standing for its public address; the base OS firewall
+    drops everything there (SSH included) while the private network keeps SSH."""
+    private, public = lab.exposure()
+    assert public == [], f"answering on the public side: {public}"
+    assert {(h.ip, 22) for h in lab.TOPOLOGY} <= set(private), private
+    rules = lab.exec("redis-01", "nft list table inet keybuzz").stdout
+    assert "policy drop" in rules and lab.SUBNET in rules, rules

@@ -109,3 +109,109 @@ def test_secret_file_never_prints_the_secret_at_any_verbosity(tmp_path, flags):
     second = run(["pyinfra", "-y", *flags, "@local", "tests/fixtures/secret_deploy.py"], env=env)
     assert CANARY not in second.stdout + second.stderr
     assert "[@local] No changes" in second.stderr
+
+
+# --- issue 9 §2: the .env files mean exactly what they say, for us and for `source` (§H.1) ---
+
+
+def _env(creds_dir, brick, text):
+    creds_dir.mkdir(mode=0o700, exist_ok=True)
+    path = creds_dir / f"{brick}.env"
+    path.write_text(text)
+    os.chmod(path, 0o600)
+    credentials._announced.discard(brick)
+    return path
+
+
+def _refused(brick, path, line, variable, reason, secret=None):
+    with pytest.raises(InputError) as err:
+        credentials.load(brick)
+    message = str(err.value)
+    assert message.startswith(f"{path}:{line}: {variable}: "), message
+    assert reason in message, message
+    assert "fix" in message and "\n" not in message
+    if secret:
+        assert secret not in message
+    return message
+
+
+def test_no_variable_interpolation(creds_dir, monkeypatch):
+    """`${HOME}` used to be expanded by python-dotenv; `source` would expand it too. Unquoted it is refused;
+    single-quoted it is the literal text, for us and for bash."""
+    monkeypatch.setenv("HOME", "/root")
+    path = _env(creds_dir, "redis", "REDIS_PASSWORD=abc${HOME}def\n")
+    _refused("redis", path, 1, "REDIS_PASSWORD", "`source` would expand", secret="abc${HOME}def")
+    _env(creds_dir, "redis", "# the Redis password\nREDIS_PASSWORD='abc${HOME}def'\n")
+    assert credentials.load("redis")["REDIS_PASSWORD"].unmask() == "abc${HOME}def"
+    path = _env(creds_dir, "redis", 'REDIS_PASSWORD="abc${HOME}def"\n')
+    _refused("redis", path, 1, "REDIS_PASSWORD", "use single quotes")
+
+
+def test_hash_in_a_value_is_kept_or_refused_never_cut(creds_dir):
+    """` #` after an unquoted value starts a comment for dotenv and for `source`: the value used to be cut there
+    silently. Now any text after an unquoted value is refused; `#` inside a value (no space before it) is kept."""
+    path = _env(creds_dir, "redis", f"REDIS_PASSWORD={CANARY} #tail\n")
+    _refused("redis", path, 1, "REDIS_PASSWORD", "would be cut there", secret=CANARY)
+    path = _env(creds_dir, "redis", f"\nREDIS_PASSWORD={CANARY}   # rotated in May\n")
+    _refused("redis", path, 2, "REDIS_PASSWORD", "own line", secret=CANARY)
+    _env(creds_dir, "redis", f"REDIS_PASSWORD={CANARY}#x1\n")
+    assert credentials.load("redis")["REDIS_PASSWORD"].unmask() == f"{CANARY}#x1"
+    _env(creds_dir, "mail", "MAIL_SMTP_USER=ops@keybuzz.io\nMAIL_SMTP_PASSWORD='pa ss #word'  # from the provider\n")
+    assert credentials.load("mail")["MAIL_SMTP_PASSWORD"].unmask() == "pa ss #word"
+
+
+@pytest.mark.parametrize("text, line, variable, reason", [
+    ("REDIS_PASSWORD = abc\n", 1, "REDIS_PASSWORD", "no space around `=`"),
+    ("REDIS_PASSWORD='abc\n", 1, "REDIS_PASSWORD", "unterminated quote"),
+    ("REDIS_PASSWORD=abc def\n", 1, "REDIS_PASSWORD", "text after the value"),
+    ("REDIS_PASSWORD=abc;reboot\n", 1, "REDIS_PASSWORD", "the shell would interpret"),
+    ("REDIS_PASSWORD=`id`\n", 1, "REDIS_PASSWORD", "the shell would interpret"),
+    ("REDIS_PASSWORD=~/x\n", 1, "REDIS_PASSWORD", "the shell would interpret"),
+    ("REDIS_PASSWORD='abc'def\n", 1, "REDIS_PASSWORD", "text after the value"),
+    ("REDIS_PASSWORD=abc\r\n", 1, "REDIS_PASSWORD", "carriage return"),
+])
+def test_lines_source_would_read_differently_are_refused(creds_dir, text, line, variable, reason):
+    path = _env(creds_dir, "redis", text)
+    _refused("redis", path, line, variable, reason)
+
+
+def test_a_line_that_is_not_an_assignment_is_refused(creds_dir):
+    path = _env(creds_dir, "redis", "REDIS_PASSWORD=abcdefgh\nthis is not an assignment\n")
+    with pytest.raises(InputError, match=rf"^{path}:2: not a `VARIABLE=value` line"):
+        credentials.load("redis")
+    _env(creds_dir, "redis", "export REDIS_PASSWORD=abcdefgh\n")  # `export` is what bash scripts often write
+    assert credentials.load("redis")["REDIS_PASSWORD"].unmask() == "abcdefgh"
+
+
+@pytest.mark.parametrize("brick, text, line, variable, reason", [
+    ("redis", "REDIS_PASSWORD='a b c d e f'\n", 1, "REDIS_PASSWORD", "redis.conf"),
+    ("redis", "REDIS_PASSWORD='ab\"cdefg'\n", 1, "REDIS_PASSWORD", "a quote"),
+    ("redis", "REDIS_PASSWORD='ab\\cdefg'\n", 1, "REDIS_PASSWORD", "a backslash"),
+    ("rabbitmq", "RABBITMQ_USER='key buzz'\nRABBITMQ_PASSWORD=abcdefgh\nRABBITMQ_ERLANG_COOKIE=abcdefgh\n", 1,
+     "RABBITMQ_USER", "letters, digits"),
+    ("rabbitmq", "RABBITMQ_USER=keybuzz\nRABBITMQ_PASSWORD=abc#defgh\nRABBITMQ_ERLANG_COOKIE=abcdefgh\n", 2,
+     "RABBITMQ_PASSWORD", "`#`"),
+    ("rabbitmq", f"RABBITMQ_USER=keybuzz\nRABBITMQ_PASSWORD=abcdefgh\nRABBITMQ_ERLANG_COOKIE={'c' * 256}\n", 3,
+     "RABBITMQ_ERLANG_COOKIE", "at most 255"),
+    ("postgres", "POSTGRES_SUPERUSER=postgres\nPOSTGRES_SUPERPASS=abcdefgh\nPOSTGRES_APP_USER=Key-Buzz\n"
+     "POSTGRES_APP_PASS=abcdefgh\nPOSTGRES_REPLICATION_USER=replicator\nPOSTGRES_REPLICATION_PASS=abcdefgh\n"
+     "PATRONI_API_USER=patroni\nPATRONI_API_PASS=abcdefgh\n", 3, "POSTGRES_APP_USER", "lower-case"),
+    ("postgres", "POSTGRES_SUPERUSER=postgres\nPOSTGRES_SUPERPASS='with space'\nPOSTGRES_APP_USER=keybuzz\n"
+     "POSTGRES_APP_PASS=abcdefgh\nPOSTGRES_REPLICATION_USER=replicator\nPOSTGRES_REPLICATION_PASS=abcdefgh\n"
+     "PATRONI_API_USER=patroni\nPATRONI_API_PASS=abcdefgh\n", 2, "POSTGRES_SUPERPASS", "whitespace"),
+    ("minio", "MINIO_ROOT_USER=ab\nMINIO_ROOT_PASSWORD=abcdefgh\n", 1, "MINIO_ROOT_USER", "at least 3"),
+    ("minio", "MINIO_ROOT_USER=admin\nMINIO_ROOT_PASSWORD=abcdefg\n", 2, "MINIO_ROOT_PASSWORD", "at least 8"),
+    ("proxysql", "PROXYSQL_ADMIN_USER=admin\nPROXYSQL_ADMIN_PASSWORD=abc:defgh\n", 2, "PROXYSQL_ADMIN_PASSWORD",
+     "`:`"),
+])
+def test_values_a_config_file_cannot_hold_are_refused_per_brick(creds_dir, brick, text, line, variable, reason):
+    path = _env(creds_dir, brick, text)
+    _refused(brick, path, line, variable, reason)
+
+
+def test_generated_credentials_pass_every_rule(creds_dir):
+    credentials.init()
+    for brick in credentials.BRICKS:
+        if brick in ("mail", "stripe"):
+            continue  # provider secrets are left empty to fill in
+        credentials.load(brick)

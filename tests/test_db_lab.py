@@ -120,3 +120,10 @@ def test_failover_check_switches_over_without_losing_a_commit(lab, deployed):
         [report] = runner.run_checks(LAYERS["db"], ("failover",))
     assert report.ok, str(report)
     assert report.metrics["lost"] == 0 and report.metrics["acked"] > 0
+
+
+def test_db_ports_answer_on_the_private_side_only(lab, deployed):
+    private, public = lab.exposure()
+    assert public == [], f"answering on the public side: {public}"
+    for ip in DB_HOSTS.values():
+        assert {(ip, p) for p in (S.pg_port, S.pgbouncer_port, S.api_port, S.etcd_client_port)} <= set(private)

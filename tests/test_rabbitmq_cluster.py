@@ -220,7 +220,7 @@ def test_diag_and_perf_checks_against_the_testbed(tb, tmp_path, monkeypatch):
     env.write_text(f"RABBITMQ_USER={USER}\nRABBITMQ_PASSWORD={tb.password}\nRABBITMQ_ERLANG_COOKIE={tb.cookie}\n")
     env.chmod(0o600)
     monkeypatch.setenv("KEYBUZZ_CREDENTIALS_DIR", str(creds))
-    target = Target(load_servers(plan), tb.haproxy_ip)
+    target = Target(load_servers(plan, network=f"{tb.prefix}.0/24"), tb.haproxy_ip)
     diag = checks.diag(target)
     print(f"\n{diag}")
     assert diag.ok, str(diag)

@@ -205,3 +205,18 @@ def test_perf_check_passes(lab, deployed):
     print(f"\n{report}")
     assert report.ok, str(report)
     _secrets_absent(str(report))
+
+
+def test_rabbitmq_ports_answer_on_the_private_side_only(lab, deployed):
+    private, public = lab.exposure()
+    assert public == [], f"answering on the public side: {public}"
+    for ip in QUEUE_HOSTS.values():
+        assert {(ip, 5672), (ip, 15672), (ip, 4369), (ip, 25672)} <= set(private)
+
+
+def test_epmd_and_erlang_distribution_listen_on_the_private_address_only(lab, deployed):
+    """Bound there, not only filtered: with host networking they would otherwise listen on every interface."""
+    for host, ip in QUEUE_HOSTS.items():
+        out = lab.exec(host, "ss -Hltn '( sport = :4369 or sport = :25672 )' | awk '{print $4}'").stdout.split()
+        assert f"{ip}:25672" in out and f"{ip}:4369" in out, (host, out)
+        assert not [a for a in out if a.split(":")[0] in ("0.0.0.0", "*", "[::]")], (host, out)

@@ -247,3 +247,13 @@ def test_check_failover_and_perf_work_against_the_lab(lab, deployed):
         assert report.metrics["lost_replicated"] == 0
         report = perf(Target.from_env())
         assert report.ok, str(report)
+
+
+def test_redis_and_haproxy_ports_answer_on_the_private_side_only(lab, deployed):
+    private, public = lab.exposure()
+    assert public == [], f"answering on the public side: {public}"
+    for ip in REDIS_HOSTS.values():
+        assert {(ip, 6379), (ip, 26379)} <= set(private)
+    for h in lab.TOPOLOGY:
+        if h.role == "haproxy":
+            assert {(h.ip, 6379), (h.ip, 8404)} <= set(private)

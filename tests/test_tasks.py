@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from helpers import run, write_tsv
+import socket
+
+from helpers import ROOT, run, write_tsv
 
 
 def test_invoke_list_shows_one_line_of_help_per_task():
     result = run(["invoke", "--list"])
     assert result.returncode == 0, result.stderr
-    for name in ("layer", "all", "check", "credentials.init", "lab.up", "lab.down", "lab.status", "lab.ssh"):
+    for name in ("layer", "all", "check", "credentials.init", "versions.check", "lab.up", "lab.down", "lab.status",
+                 "lab.ssh"):
         line = next((x for x in result.stdout.splitlines() if x.strip().startswith(name + " ")), "")
         assert len(line.split(None, 1)) == 2, f"{name} has no help line"
 
@@ -39,3 +42,35 @@ def test_check_without_checks_is_refused():
     result = run(["invoke", "check", "--name", "minio"])
     assert result.returncode != 0
     assert "keybuzz: no checks for 'minio'" in result.stderr
+
+
+def test_versions_check_reports_an_unreachable_registry_per_image(tmp_path):
+    """Every image pin pointed at a closed port on 127.0.0.1 (no traffic leaves the machine): one line per image,
+    `-> unreachable`, exit code 1, and no lock written. Found / not found: tests/test_versions_registry_cluster.py."""
+    import yaml
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: connections are refused
+    keys = [k for k in yaml.safe_load((ROOT / "versions.yaml").read_text()) if k.endswith("_image")]
+    override = tmp_path / "site.yaml"
+    override.write_text("".join(f'{k}: "127.0.0.1:{port}/keybuzz/{k.replace("_", "-")}:1.2.3"\n' for k in keys))
+    lock = tmp_path / "versions.lock.yaml"
+    result = run(["invoke", "versions.check", "--lock", str(lock)],
+                 env={"KEYBUZZ_VERSIONS": str(override), "KEYBUZZ_VERSIONS_LOCK": ""}, timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = [x for x in result.stdout.splitlines() if "->" in x]
+    assert len(lines) == len(keys)
+    for key, line in zip(keys, lines, strict=True):
+        assert line.startswith(f"{key}  127.0.0.1:{port}/keybuzz/") and "-> unreachable" in line, line
+    assert "not written" in result.stdout and not lock.exists()
+    assert "keybuzz: not found or unreachable: " in result.stderr
+
+
+def test_versions_check_refuses_bad_pins_before_asking_anything(tmp_path):
+    override = tmp_path / "site.yaml"
+    override.write_text('redis_image: "redis:alpine"\n')
+    result = run(["invoke", "versions.check"], env={"KEYBUZZ_VERSIONS": str(override)})
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith(f"keybuzz: {override}:1: redis_image 'redis:alpine'")
+    assert "->" not in result.stdout

@@ -64,6 +64,8 @@ from keybuzz.errors import PinRefused
 from keybuzz.render import render
 
 PATRONI_VERSION = "3.3.0"
+# to the private network (base OS firewall): PostgreSQL, PgBouncer, Patroni REST, etcd client and peer
+OPEN_PORTS = ("tcp/5432", "tcp/6432", "tcp/8008", "tcp/2379", "tcp/2380")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from keybuzz.redis.settings import MASTER_NAME, REDIS_ENV_FILE, SENTINEL_PORT, v
 from keybuzz.render import render
 
 STATS_PORT = 8404
+# to the private network (base OS firewall): the LB's ports (§A) and the stats page
+OPEN_PORTS = ("tcp/5432", "tcp/6432", "tcp/6379", "tcp/5672", "tcp/8404")
 HAPROXY_UID = "99"  # user haproxy of the official image (and of the lab image)
 HAPROXY_ROOT = "/opt/keybuzz/haproxy"
 CONF_DIR = f"{HAPROXY_ROOT}/conf"  # mounted at /usr/local/etc/haproxy (a directory: atomic renames work)

@@ -44,7 +44,7 @@ from keybuzz import ROOT, credentials, runner
 from keybuzz import ssh as ssh_module
 from keybuzz.layers import LAYERS, Layer, ordered
 from keybuzz.runner import strip_colors
-from keybuzz.servers import load_servers
+from keybuzz.servers import DEFAULT_PRIVATE_NETWORK, load_servers
 
 LAB_DIR = ROOT / ".lab"
 VERSIONS_FILE = ROOT / "lab" / "versions.lab.yaml"
@@ -68,6 +68,11 @@ class LabHost:
     def container(self) -> str:
         return PREFIX + self.name
 
+    @property
+    def public_ip(self) -> str:
+        """Its address on the network that stands for the public side (same last octet)."""
+        return str(ipaddress.ip_network(PUBLIC_SUBNET).network_address + int(self.ip.rsplit(".", 1)[1]))
+
 
 def _plan_data() -> dict:
     return yaml.safe_load(PLAN_FILE.read_text(encoding="utf-8"))
@@ -81,7 +86,7 @@ def topology(data: dict | None = None, plan=None) -> tuple[LabHost, ...]:
     ['haproxy-01', 'haproxy-02']
     """
     data = data or _plan_data()
-    plan = plan or load_servers(ROOT / "servers.tsv")
+    plan = plan or load_servers(ROOT / "servers.tsv", network=DEFAULT_PRIVATE_NETWORK)
     network = ipaddress.ip_network(data["network"])
     roles = {role for layer in LAYERS.values() if layer.exists() and layer.name != "base_os" for role in layer.roles}
     hosts = []
@@ -99,6 +104,8 @@ def topology(data: dict | None = None, plan=None) -> tuple[LabHost, ...]:
 
 _DATA = _plan_data()
 SUBNET = _DATA["network"]
+PUBLIC_SUBNET = _DATA["public_network"]
+PUBLIC_NETWORK = f"{PREFIX}public"
 GATEWAY = _DATA["gateway"]
 REGISTRY_IP = _DATA["registry"]
 REGISTRY = f"{REGISTRY_IP}:5000"
@@ -283,13 +290,13 @@ def _container_state(name: str) -> str | None:
     return r.stdout.strip() if r.returncode == 0 else None
 
 
-def _ensure_network() -> None:
-    if _run(["docker", "network", "inspect", NETWORK], check=False).returncode == 0:
+def _ensure_network(name: str = NETWORK, subnet: str = SUBNET) -> None:
+    if _run(["docker", "network", "inspect", name], check=False).returncode == 0:
         return
-    r = _run(["docker", "network", "create", "--driver", "bridge", "--subnet", SUBNET, "--gateway", GATEWAY,
-              "--label", LABEL, NETWORK], check=False)
+    r = _run(["docker", "network", "create", "--driver", "bridge", "--subnet", subnet, "--label", LABEL, name],
+             check=False)
     if r.returncode != 0:
-        raise LabError(f"cannot create the lab network {NETWORK} ({SUBNET}): {r.stderr.strip()}; "
+        raise LabError(f"cannot create the lab network {name} ({subnet}): {r.stderr.strip()}; "
                        "another Docker network may already use that subnet (`docker network ls`)")
 
 
@@ -363,6 +370,8 @@ def start_hosts(image: str, progress: Callable[[str], None] = print) -> list[str
         ]
         if _ensure_container(h.container, args, image):
             created.append(h.name)
+            # the public side: a second interface, as a Hetzner server has (the firewall closes it)
+            _run(["docker", "network", "connect", "--ip", h.public_ip, PUBLIC_NETWORK, h.container])
     if created:
         progress(f"started {len(created)} host container(s): {', '.join(created)}")
     return created
@@ -570,6 +579,7 @@ def start(progress: Callable[[str], None] = print) -> None:
     refs = _images(progress)
     prepare_state(progress)
     _ensure_network()
+    _ensure_network(PUBLIC_NETWORK, PUBLIC_SUBNET)
     progress("lab registry")
     registry = start_registry(refs["registry"], progress)
     from keybuzz.lab import images
@@ -693,6 +703,49 @@ def ssh_command(host_name: str, *remote: str, batch: bool = False) -> list[str]:
 def ssh(host_name: str, cmd: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run `cmd` on a lab host over SSH (non-interactive), the way the deploy code reaches it."""
     return _run(ssh_command(host_name, cmd, batch=True), check=False, timeout=timeout)
+
+
+def answering(addresses: list[tuple[str, int]], timeout: float = 1.0) -> list[tuple[str, int]]:
+    """The (address, port) pairs that accept a TCP connection from this machine (checked in parallel, bounded:
+    one attempt each, `timeout` seconds)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def opens(target: tuple[str, int]) -> bool:
+        try:
+            with socket.create_connection(target, timeout=timeout):
+                return True
+        except OSError:
+            return False
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        return [t for t, ok in zip(addresses, pool.map(opens, addresses), strict=True) if ok]
+
+
+def exposure(ports: dict[str, list[int]] | None = None) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(private, public): what answers on each lab host's private and public addresses, for SSH and the
+    ports its role opens (or `ports`: role -> ports). The public list must stay empty.
+
+    Example::
+
+        private, public = exposure()   # private: [('172.30.0.11', 22), ...]; public: []
+    """
+    from keybuzz.base_os.settings import SSH_PORT, open_ports
+
+    def role_ports(role: str) -> list[int]:
+        if ports is not None:
+            return [SSH_PORT, *ports.get(role, [])]
+        tcp = [p for spec in open_ports(role)[0] for p in _port_range(spec)]
+        return [SSH_PORT, *tcp]
+
+    private = answering([(h.ip, p) for h in TOPOLOGY for p in role_ports(h.role)])
+    public = answering([(h.public_ip, p) for h in TOPOLOGY for p in role_ports(h.role)])
+    return private, public
+
+
+def _port_range(spec: str) -> list[int]:
+    """'6379' -> [6379]; '35672-35682' -> its first and last port (enough to see a range open or closed)."""
+    first, _, last = spec.partition("-")
+    return [int(first), int(last)] if last else [int(first)]
 
 
 def stop_host(host_name: str, timeout: int = 30) -> None:

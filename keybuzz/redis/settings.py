@@ -20,6 +20,7 @@ MASTER_NAME = "keybuzz-master"
 QUORUM = 2
 REDIS_PORT = 6379
 SENTINEL_PORT = 26379
+OPEN_PORTS = ("tcp/6379", "tcp/26379")  # to the private network (base OS firewall)
 UID, GID = "999", "1000"  # the redis user of the official image (and of the lab image)
 
 # Where things live on the hosts (design: data under /opt/keybuzz/<brick>).
