@@ -82,6 +82,18 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.containers)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """In CI (CI=true) a lab or containers test that skips is a failure: a green run must have exercised them.
+    A local run may still skip, with its reason."""
+    outcome = yield
+    report = outcome.get_result()
+    if (report.skipped and os.environ.get("CI") == "true"
+            and {m.name for m in item.iter_markers()} & {"lab", "containers"}):
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, which must run every lab and containers test: {report.longrepr}"
+
+
 @pytest.fixture(scope="session")
 def lab_image():
     """Build (or find cached) a lab image by name: `lab_image("haproxy")` -> its local tag."""

@@ -210,9 +210,9 @@ def _kill_and_measure(lab, host: str, how: str) -> tuple[float, str]:
     gap = probe.gap(t0, t0 + 0.5)
     new = _sentinel_master(lab)
     master = no_retry_client(new.split(":")[0], REDIS_PORT, _password(lab), timeout=2)
-    lost_acked = probe.lost(master)[0]
+    lost_acked, acked = probe.lost(master)[:2]
     master.close()
-    assert lost_acked == 0
+    assert acked > 0 and lost_acked == 0, (acked, lost_acked)  # 0 lost of 0 acknowledged would prove nothing
     print(f"{how} kill of {host}: write gap through the LB {gap:.2f} s, master now {new}")
     return gap, new
 
@@ -244,7 +244,7 @@ def test_check_failover_and_perf_work_against_the_lab(lab, deployed):
     with lab.lab_environ():
         report = failover(Target.from_env())
         assert report.ok, str(report)
-        assert report.metrics["lost_replicated"] == 0
+        assert report.metrics["lost_replicated"] == 0 and report.metrics["replicated"] > 0
         report = perf(Target.from_env())
         assert report.ok, str(report)
 

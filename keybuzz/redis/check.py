@@ -190,9 +190,10 @@ def failover(target: Target) -> Report:
         lost_repl, repl, lost_plain, plain = probe.lost(master)
     finally:
         master.close()
+    # a loss of 0 only means something when writes were acknowledged at all
     report.add(f"acknowledged with WAIT 1: {repl}, lost {lost_repl}; plain: {plain}, lost {lost_plain}",
-               ok=lost_repl == 0)
-    report.metrics.update(lost_replicated=lost_repl, lost_plain=lost_plain)
+               ok=lost_repl == 0 and repl > 0)
+    report.metrics.update(lost_replicated=lost_repl, replicated=repl, lost_plain=lost_plain)
     return report
 
 
