@@ -29,21 +29,24 @@ from redis.retry import Retry  # noqa: E402
 from redis.sentinel import Sentinel  # noqa: E402
 
 from keybuzz.redis.client import WriteProbe  # noqa: E402
-from keybuzz.redis.settings import MASTER_NAME, RedisSettings  # noqa: E402
+from keybuzz.redis.settings import MASTER_NAME, Login, RedisSettings  # noqa: E402
 from keybuzz.redis.testbed import Testbed  # noqa: E402
 
 
 class DirectSentinelProbe(WriteProbe):
-    """WriteProbe whose client asks the Sentinels for the master on every (re)connection."""
+    """WriteProbe whose client asks the Sentinels for the master on every (re)connection (Sentinel queries as
+    `sentinel_login`: redis-py's Sentinel client runs SENTINEL MASTERS, more than the haproxy login may)."""
 
-    def __init__(self, sentinels: list[str], password: str, **kw):
-        super().__init__("sentinel", 0, password, **kw)
+    def __init__(self, sentinels: list[str], login: Login, sentinel_login: Login, **kw):
+        super().__init__("sentinel", 0, login, **kw)
         self.sentinel = Sentinel([(ip, 26379) for ip in sentinels], socket_timeout=0.5,
-                                 sentinel_kwargs={"password": password, "socket_timeout": 0.5})
+                                 sentinel_kwargs={"username": sentinel_login.user,
+                                                  "password": sentinel_login.password, "socket_timeout": 0.5})
 
     def _connect(self):
         # the master the Sentinels name, asked again on every (re)connection
-        return self.sentinel.master_for(MASTER_NAME, password=self.password, socket_timeout=0.5,
+        return self.sentinel.master_for(MASTER_NAME, username=self.login.user, password=self.login.password,
+                                        socket_timeout=0.5,
                                         socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0),
                                         decode_responses=True)
 
@@ -76,10 +79,12 @@ def run_config(label: str, kills: int, settings: RedisSettings, watch: bool, tim
         bound = settings.down_after_ms / 1000 + timer_s + 40
         for k in range(kills):
             _heal(tb)
-            lb_wait = WriteProbe(tb.haproxy_ip, 6379, tb.password, prefix=f"bench:{k}:w:", max_seconds=bound + 10)
-            lb_plain = WriteProbe(tb.haproxy_ip, 6379, tb.password, wait=False, prefix=f"bench:{k}:p:",
+            app = tb.logins["app"]
+            lb_wait = WriteProbe(tb.haproxy_ip, 6379, app, prefix=f"bench:{k}:w:", max_seconds=bound + 10)
+            lb_plain = WriteProbe(tb.haproxy_ip, 6379, app, wait=False, prefix=f"bench:{k}:p:",
                                   max_seconds=bound + 10)
-            direct = DirectSentinelProbe(tb.sentinel_ips, tb.password, prefix=f"bench:{k}:d:", max_seconds=bound + 10)
+            direct = DirectSentinelProbe(tb.sentinel_ips, app, tb.admin, prefix=f"bench:{k}:d:",
+                                         max_seconds=bound + 10)
             probes = (lb_wait, lb_plain, direct)
             for p in probes:
                 p.start()

@@ -10,8 +10,9 @@
   * haproxy.cfg: be_redis_master exactly as §C, be_rabbitmq exactly as §D, be_postgres / be_pgbouncer from
     the db group. Every version is validated with `haproxy -c` before it replaces the old one.
   * §C follow-up: /usr/local/bin/redis-update-master.sh (boot + every 15 s: redis-update-master.timer) and
-    redis-master-watch.service (immediately on each Sentinel's +switch-master). They read REDIS_PASSWORD from
-    /etc/keybuzz/redis.env (root 0600); redis-cli and socat come from Debian (redis-tools, socat).
+    redis-master-watch.service (immediately on each Sentinel's +switch-master). They log in as the Redis
+    user REDIS_HAPROXY_USER (ROLE; SENTINEL get-master-addr-by-name; +switch-master: nothing else), from
+    /etc/keybuzz/redis.env (root 0600, that login only); redis-cli and socat come from Debian (redis-tools, socat).
 
 The master written into haproxy.cfg is the one a majority of Sentinels names now; without a majority the
 address already in the host's haproxy.cfg is kept (never fight redis-update-master.sh), and only on a
@@ -22,6 +23,7 @@ from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import HiddenValue
+from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.files import FileContents
 from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
@@ -41,10 +43,10 @@ from keybuzz.haproxy.settings import (
 )
 from keybuzz.ops import apt_packages, container_unit, owned_directory, restart_if, secret_file, template, validated_file
 from keybuzz.redis.client import cluster_view
-from keybuzz.redis.settings import REDIS_ENV_FILE, REDIS_PORT, env_file
+from keybuzz.redis.settings import REDIS_ENV_FILE, REDIS_PORT, env_file, logins
 
 ctx = layer_context("haproxy")
-PASSWORD = ctx.secrets("redis")["REDIS_PASSWORD"]
+LOGINS = logins(ctx.secrets("redis"))  # install-01 asks as admin; this host only ever gets the haproxy login
 REDIS_IPS = [ip for _, ip in ctx.addresses("redis")]
 ME = host.data.private_ip
 IMAGE = ctx.image("haproxy_image")
@@ -53,7 +55,10 @@ IMAGE = ctx.image("haproxy_image")
 def redis_master_for_cfg() -> str:
     """The Sentinels' majority (asked once per run); else what this host's haproxy.cfg says; else redis-01
     (first install)."""
-    view = ctx.ask_once("the Sentinels who the master is", lambda: cluster_view(REDIS_IPS, PASSWORD.unmask()))
+    view = ctx.ask_once("the Sentinels who the master is", lambda: cluster_view(REDIS_IPS, LOGINS["admin"]))
+    if view.refused_login:  # before anything is written: the scripts would fail every query afterwards
+        raise DeployError(f"a Sentinel refuses the {LOGINS['admin'].user} login of redis.env ({view.summary()}); "
+                          "fix redis.env (or deploy the redis layer first) before the haproxy layer")
     if view.master:
         return f"{view.master}:{REDIS_PORT}"
     return cfg_master(host.get_fact(FileContents, path=CFG)) or f"{REDIS_IPS[0]}:{REDIS_PORT}"
@@ -68,8 +73,8 @@ files.directory(name=f"Create {CONF_DIR}", path=CONF_DIR, user="root", group="ro
 owned_directory(name=f"Create {RUN_DIR} (sockets, haproxy user only)", path=RUN_DIR,
                 uid=HAPROXY_UID, gid=HAPROXY_UID, mode="750")
 
-env_op = secret_file(name=f"Install {REDIS_ENV_FILE} (REDIS_PASSWORD for the Sentinel queries, root 0600)",
-                     dest=REDIS_ENV_FILE, content=HiddenValue(env_file(PASSWORD.unmask())))
+env_op = secret_file(name=f"Install {REDIS_ENV_FILE} (the haproxy login for the Sentinel queries, root 0600)",
+                     dest=REDIS_ENV_FILE, content=HiddenValue(env_file(LOGINS["haproxy"], "haproxy")))
 conf_op = files.put(name=f"Install {UPDATE_CONF_FILE}", src=StringIO(render_update_conf(REDIS_IPS, REDIS_IPS)),
                     dest=UPDATE_CONF_FILE, user="root", group="root", mode="644")
 check_op = template("haproxy/keybuzz-haproxy-check.j2", CHECK_TOOL, mode="755", image=IMAGE)

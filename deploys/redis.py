@@ -5,7 +5,10 @@
 On each redis node, from the pinned `redis_image` (versions.yaml), as systemd units (keybuzz/ops.py):
   * redis.service           redis-server /conf/redis.conf      (--user 999:1000, data in /opt/keybuzz/redis/data)
   * redis-sentinel.service  redis-server /sentinel/sentinel.conf --sentinel
-REDIS_PASSWORD (redis.env) protects clients, replication (masterauth) and Sentinel (requirepass, auth-pass).
+ACL users (keybuzz/redis/settings.py): the applications are Redis's `default` user (REDIS_PASSWORD, no admin or
+dangerous command); replication, Sentinel, the HAProxy hosts and the admin each have their own user, listed in
+users.acl (hashes only) beside redis.conf and sentinel.conf, re-read with ACL LOAD when it changes. The node's
+redis.env holds the admin login only (keybuzz-redis-settings).
 
 What a re-run never does (it would break a running cluster):
   * rewrite redis.conf or sentinel.conf: Sentinel rewrites both (REPLICAOF + CONFIG REWRITE, known replicas,
@@ -31,6 +34,7 @@ from keybuzz.context import layer_context
 from keybuzz.ops import container_unit, owned_directory, secret_file, template
 from keybuzz.redis.client import PasswordMismatch, cluster_view, redis_drift, sentinel_drift
 from keybuzz.redis.settings import (
+    ACL_FILE,
     GID,
     REDIS_ENV_FILE,
     REDIS_ROOT,
@@ -38,13 +42,17 @@ from keybuzz.redis.settings import (
     UID,
     RedisSettings,
     env_file,
+    logins,
+    render_redis_acl,
     render_redis_conf,
+    render_sentinel_acl,
     render_sentinel_conf,
     render_settings_file,
 )
 
 ctx = layer_context("redis")
-PASSWORD = ctx.secrets("redis")["REDIS_PASSWORD"]  # HiddenValue: unmasked only inside file contents
+LOGINS = logins(ctx.secrets("redis"))  # plain values: only ever inside HiddenValue file contents
+ADMIN = LOGINS["admin"]
 NODE_IPS = [ip for _, ip in ctx.addresses("redis")]
 ME = host.data.private_ip
 SETTINGS = RedisSettings.from_host_data(host.data)
@@ -52,17 +60,22 @@ IMAGE = ctx.image("redis_image")
 
 
 def current_master() -> str:
-    """IP of the master: the Sentinels' majority; redis-01 only when no Sentinel knows keybuzz-master yet.
+    """IP of the master: the Sentinels' majority; redis-01 only on a first install (no Sentinel knows
+    keybuzz-master, and each was reached or has nothing listening yet).
 
     Asked once per run (every host acts on the same answer). Refuses (DeployError: one line, no traceback)
-    when some Sentinels answer but no majority agrees: deploying then could create a second master.
+    anything else: Sentinels that answer without a majority, a refused login, a Sentinel it cannot reach
+    (timeout) — deploying then could create a second master.
     """
-    view = ctx.ask_once("the Sentinels who the master is", lambda: cluster_view(NODE_IPS, PASSWORD.unmask()))
+    view = ctx.ask_once("the Sentinels who the master is", lambda: cluster_view(NODE_IPS, ADMIN))
     if view.master:
         return view.master
-    if view.answered:
-        raise DeployError("the Sentinels answer but no majority agrees on the master of keybuzz-master; "
-                          "run `invoke check --name redis` and repair before deploying")
+    if view.refused_login:
+        raise DeployError(f"a Sentinel refuses the {ADMIN.user} login of redis.env ({view.summary()}): a changed "
+                          "password, or a cluster installed before the ACL users (README, Redis: ACL users)")
+    if not view.first_install:
+        raise DeployError(f"the Sentinels give no majority for keybuzz-master ({view.summary()}); run "
+                          "`invoke check --name redis` and repair before deploying")
     return NODE_IPS[0]
 
 
@@ -76,19 +89,27 @@ for sub, mode in (("conf", "700"), ("data", "750"), ("sentinel", "700")):
     owned_directory(name=f"Create {REDIS_ROOT}/{sub} (redis 999:1000)", path=f"{REDIS_ROOT}/{sub}",
                     uid=UID, gid=GID, mode=mode)
 
-env_op = secret_file(name=f"Install {REDIS_ENV_FILE} (REDIS_PASSWORD, root 0600)", dest=REDIS_ENV_FILE,
-                     content=HiddenValue(env_file(PASSWORD.unmask())))
+env_op = secret_file(name=f"Install {REDIS_ENV_FILE} (the admin login for keybuzz-redis-settings, root 0600)",
+                     dest=REDIS_ENV_FILE, content=HiddenValue(env_file(ADMIN, "admin")))
+acl_ops = [
+    secret_file(name=f"Install {REDIS_ROOT}/conf/{ACL_FILE} (Redis ACL users, password hashes only)",
+                dest=f"{REDIS_ROOT}/conf/{ACL_FILE}", user=UID, group=GID,
+                content=HiddenValue(render_redis_acl(LOGINS))),
+    secret_file(name=f"Install {REDIS_ROOT}/sentinel/{ACL_FILE} (Sentinel ACL users, password hashes only)",
+                dest=f"{REDIS_ROOT}/sentinel/{ACL_FILE}", user=UID, group=GID,
+                content=HiddenValue(render_sentinel_acl(LOGINS))),
+]
 
 secret_file(
     name="Bootstrap redis.conf (only if absent: Redis and Sentinel own it afterwards)",
     dest=f"{REDIS_ROOT}/conf/redis.conf", user=UID, group=GID, only_if_absent=True,
-    content=HiddenValue(render_redis_conf(host.name, f"{ME} 127.0.0.1", PASSWORD.unmask(), SETTINGS,
+    content=HiddenValue(render_redis_conf(host.name, f"{ME} 127.0.0.1", LOGINS["replication"], SETTINGS,
                                       None if IS_MASTER else MASTER)),
 )
 secret_file(
     name="Bootstrap sentinel.conf (only if absent: Sentinel owns it afterwards)",
     dest=f"{REDIS_ROOT}/sentinel/sentinel.conf", user=UID, group=GID, only_if_absent=True,
-    content=HiddenValue(render_sentinel_conf(host.name, f"{ME} 127.0.0.1", PASSWORD.unmask(), SETTINGS, MASTER)),
+    content=HiddenValue(render_sentinel_conf(host.name, f"{ME} 127.0.0.1", LOGINS["sentinel"], SETTINGS, MASTER)),
 )
 files.put(name="Install the runtime settings list (settings.conf, no secret)",
           src=StringIO(render_settings_file(SETTINGS)), dest=f"{REDIS_ROOT}/settings.conf",
@@ -128,11 +149,17 @@ server.shell(
 
 # --- runtime settings (compared now, read-only; applied by an operation only if they differ) ------------
 
+# A changed users.acl (a new rule, a rotated password) is re-read in place; a first install has just started
+# with it, and a service restarted above read it at start: ACL LOAD then changes nothing, harmlessly.
+server.shell(name=f"Re-read {ACL_FILE} in Redis and Sentinel (ACL LOAD; users changed)",
+             commands=[f"{SETTINGS_TOOL} acl-load"], _if=any_changed(*acl_ops), _serial=True)
+
 try:
-    _drift = (redis_drift(ME, PASSWORD.unmask(), SETTINGS) or []) + [
-        f"sentinel {n}" for n in (sentinel_drift(ME, PASSWORD.unmask(), SETTINGS) or [])]
+    _drift = (redis_drift(ME, ADMIN, SETTINGS) or []) + [
+        f"sentinel {n}" for n in (sentinel_drift(ME, ADMIN, SETTINGS) or [])]
 except PasswordMismatch as e:
-    raise DeployError(f"{e}; rotating the password is a manual procedure (README, Redis)") from None
+    raise DeployError(f"{e}: a password changed in redis.env (rotation is a manual procedure) or a cluster "
+                      "installed before the ACL users (README, Redis: moving to ACL users)") from None
 if _drift:
     server.shell(name=f"Apply changed runtime settings ({', '.join(_drift)}) with CONFIG SET / SENTINEL SET",
                  commands=[f"{SETTINGS_TOOL} apply"], _serial=True)

@@ -56,7 +56,15 @@ BRICKS: dict[str, dict[str, object]] = {
         # Patroni's REST API: its unsafe endpoints (switchover, restart, config) need them
         "PATRONI_API_USER": "patroni", "PATRONI_API_PASS": _random,
     },
-    "redis": {"REDIS_PASSWORD": _random},
+    "redis": {
+        # REDIS_PASSWORD: the applications' (Redis's `default` user, no admin or dangerous command); the
+        # other users each do one job (keybuzz/redis/settings.py: ACL_USERS)
+        "REDIS_PASSWORD": _random,
+        "REDIS_ADMIN_USER": "keybuzz-admin", "REDIS_ADMIN_PASSWORD": _random,
+        "REDIS_REPLICATION_USER": "keybuzz-replica", "REDIS_REPLICATION_PASSWORD": _random,
+        "REDIS_SENTINEL_USER": "keybuzz-sentinel", "REDIS_SENTINEL_PASSWORD": _random,
+        "REDIS_HAPROXY_USER": "keybuzz-haproxy", "REDIS_HAPROXY_PASSWORD": _random,
+    },
     "rabbitmq": {"RABBITMQ_USER": "keybuzz", "RABBITMQ_PASSWORD": _random, "RABBITMQ_ERLANG_COOKIE": _random},
     "minio": {"MINIO_ROOT_USER": "keybuzz-admin", "MINIO_ROOT_PASSWORD": _random},
     "mariadb": {
@@ -201,10 +209,27 @@ def _length(low: int = 0, high: int = 0, who: str = "") -> Callable[[str], tuple
 
 
 _PG = "patroni.yml, the pgpass file and PgBouncer's auth file"
+_REDIS = ("redis.conf / sentinel.conf (`masterauth`, `sentinel auth-pass`: split at spaces, quotes parsed) and the "
+          "hosts' single-quoted redis.env")
+_REDIS_ACL = "Redis's ACL files (users.acl)"
+
+
+def _without_default(value: str) -> tuple[str, str] | None:
+    """Redis's `default` user is the applications' (REDIS_PASSWORD): another role must not take it over."""
+    if value == "default":
+        return "must not be `default`, the applications' Redis user (REDIS_PASSWORD)", "choose another name"
+    return None
 _PROXYSQL_SEPARATORS = "proxysql.cnf `admin_credentials=\"user:password;...\"` uses as separators"
 VALUE_RULES: dict[str, tuple[Callable[[str], tuple[str, str] | None], ...]] = {
-    "REDIS_PASSWORD": (_token("redis.conf / sentinel.conf (`requirepass`, `masterauth`: split at spaces, quotes "
-                              "parsed) and the HAProxy hosts' single-quoted redis.env"),),
+    "REDIS_PASSWORD": (_token(_REDIS),),
+    "REDIS_ADMIN_USER": (_name(_REDIS_ACL), _without_default),
+    "REDIS_ADMIN_PASSWORD": (_token(_REDIS),),
+    "REDIS_REPLICATION_USER": (_name(_REDIS_ACL), _without_default),
+    "REDIS_REPLICATION_PASSWORD": (_token(_REDIS),),
+    "REDIS_SENTINEL_USER": (_name(_REDIS_ACL), _without_default),
+    "REDIS_SENTINEL_PASSWORD": (_token(_REDIS),),
+    "REDIS_HAPROXY_USER": (_name(_REDIS_ACL), _without_default),
+    "REDIS_HAPROXY_PASSWORD": (_token(_REDIS),),
     "RABBITMQ_USER": (_name("RabbitMQ's conf.d file (`default_user = ...`)"),),
     "RABBITMQ_PASSWORD": (_token("RabbitMQ's conf.d file (`default_pass = ...`)"),
                           _without("#", "rabbitmq.conf syntax (cuttlefish) reads as the start of a comment")),

@@ -12,6 +12,9 @@ from keybuzz import credentials
 from keybuzz.errors import InputError
 
 CANARY = "CANARY-s3cr3t-9f8e7d6c5b4a"
+# the redis brick's other variables (valid values), appended after the lines a test is about
+REDIS_REST = "".join(f"{var}=kb-{var.lower().replace('_', '-')}\n" for var in credentials.BRICKS["redis"]
+                     if var != "REDIS_PASSWORD")
 
 
 @pytest.fixture
@@ -69,7 +72,7 @@ def test_missing_variable_and_missing_file_are_named(creds_dir):
 
 def test_values_are_masked_and_only_the_load_is_logged(creds_dir, capsys):
     creds_dir.mkdir(mode=0o700)
-    (creds_dir / "redis.env").write_text(f"REDIS_PASSWORD={CANARY}\n")
+    (creds_dir / "redis.env").write_text(f"REDIS_PASSWORD={CANARY}\n{REDIS_REST}")
     os.chmod(creds_dir / "redis.env", 0o600)
     credentials._announced.discard("redis")
     loaded = credentials.load("redis")
@@ -96,7 +99,7 @@ def test_invoke_init_prints_names_never_values(tmp_path):
 def test_secret_file_never_prints_the_secret_at_any_verbosity(tmp_path, flags):
     cdir = tmp_path / "c"
     cdir.mkdir(mode=0o700)
-    (cdir / "redis.env").write_text(f"REDIS_PASSWORD={CANARY}\n")
+    (cdir / "redis.env").write_text(f"REDIS_PASSWORD={CANARY}\n{REDIS_REST}")
     os.chmod(cdir / "redis.env", 0o600)
     dest = tmp_path / "out" / "secret.conf"
     dest.parent.mkdir()
@@ -117,7 +120,7 @@ def test_secret_file_never_prints_the_secret_at_any_verbosity(tmp_path, flags):
 def _env(creds_dir, brick, text):
     creds_dir.mkdir(mode=0o700, exist_ok=True)
     path = creds_dir / f"{brick}.env"
-    path.write_text(text)
+    path.write_text(text + (REDIS_REST if brick == "redis" else ""))
     os.chmod(path, 0o600)
     credentials._announced.discard(brick)
     return path
@@ -215,3 +218,10 @@ def test_generated_credentials_pass_every_rule(creds_dir):
         if brick in ("mail", "stripe"):
             continue  # provider secrets are left empty to fill in
         credentials.load(brick)
+
+
+def test_a_redis_role_may_not_take_over_the_applications_default_user(creds_dir):
+    path = _env(creds_dir, "redis", "REDIS_PASSWORD=abcdefgh\n")
+    path.write_text(path.read_text().replace("REDIS_HAPROXY_USER=kb-redis-haproxy-user", "REDIS_HAPROXY_USER=default"))
+    line = path.read_text().splitlines().index("REDIS_HAPROXY_USER=default") + 1
+    _refused("redis", path, line, "REDIS_HAPROXY_USER", "must not be `default`")

@@ -13,7 +13,8 @@ import time
 import pytest
 import redis
 
-from keybuzz.redis.testbed import Testbed  # noqa: E402
+from keybuzz.redis.settings import Login, render_redis_acl, render_sentinel_acl
+from keybuzz.redis.testbed import NAMES, Testbed  # noqa: E402
 
 DOWN_AFTER_MS = 2000
 # kill -> Sentinel decision (down-after + election) -> HAProxy switch: generous bound for a busy CI machine
@@ -252,7 +253,8 @@ def _pre_failover_connection_after_isolation(tb: Testbed):
     it back; return (connection, old master ip)."""
     old_i = tb.master_index()
     old_ip = tb.redis_ips[old_i]
-    conn = redis.Connection(host=tb.haproxy_ip, port=6379, password=tb.password, socket_timeout=2, retry=None)
+    conn = redis.Connection(host=tb.haproxy_ip, port=6379, password=tb.logins["app"].password, socket_timeout=2,
+                            retry=None)
     conn.connect()
     conn.send_command("SET", "pre-failover", "before")
     assert conn.read_response() == b"OK"
@@ -287,3 +289,103 @@ def test_without_the_session_shutdown_the_old_connection_would_stay_on_the_demot
     finally:
         tb.exec("haproxy", f"cp /tmp/conf.bak {conf}")
     _heal(tb)
+
+
+# ---------------------------------------------------------------- ACL users (least privilege, issue 9 §4)
+
+def _refused(client: redis.Redis, *command) -> bool:
+    try:
+        client.execute_command(*command)
+    except redis.exceptions.NoPermissionError:
+        return True
+    return False
+
+
+def test_the_applications_login_writes_through_haproxy_but_runs_no_admin_or_dangerous_command(tb):
+    _heal(tb)
+    app = tb.lb_client(timeout=2)
+    assert app.execute_command("ACL", "WHOAMI") == "default"
+    assert app.set("acl:app", "1") and app.get("acl:app") == "1"
+    assert app.execute_command("WAIT", 1, 1000) >= 0 and app.info("server")["redis_version"]
+    for command in (("CONFIG", "GET", "maxmemory"), ("FLUSHALL",), ("FLUSHDB",), ("SHUTDOWN", "NOSAVE"),
+                    ("REPLICAOF", "NO", "ONE"), ("KEYS", "*"), ("ACL", "LIST"),
+                    ("CLIENT", "KILL", "TYPE", "normal"), ("MONITOR",)):
+        assert _refused(app, *command), f"the applications' login may run {command[0]}"
+    # (DEBUG is refused to everyone by Redis's own enable-debug-command default, before the ACL is asked)
+    # and it opens nothing on a Sentinel (its `default` user is off there)
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        tb.redis_client(tb.sentinel_ips[0], 26379, login=tb.logins["app"]).ping()
+
+
+def test_the_haproxy_hosts_login_asks_who_the_master_is_and_nothing_else(tb):
+    _heal(tb)
+    haproxy = tb.logins["haproxy"]
+    node = tb.redis_client(tb.redis_ips[0], login=haproxy)
+    assert node.execute_command("ROLE")[0] in ("master", "slave")
+    assert _refused(node, "GET", "acl:app") and _refused(node, "SET", "x", "1") and _refused(node, "CONFIG", "GET", "*")
+    sentinel = tb.redis_client(tb.sentinel_ips[0], 26379, login=haproxy)
+    assert sentinel.execute_command("SENTINEL", "get-master-addr-by-name", "keybuzz-master")
+    for command in (("SENTINEL", "FAILOVER", "keybuzz-master"), ("SENTINEL", "SET", "keybuzz-master", "quorum", "1"),
+                    ("SENTINEL", "MASTERS"), ("SENTINEL", "REMOVE", "keybuzz-master"), ("ACL", "LIST")):
+        assert _refused(sentinel, *command), f"the haproxy login may run {' '.join(command[:2])}"
+
+
+def test_replication_and_sentinel_users_keep_failover_working_and_survive_config_rewrites(tb):
+    """Replicas (replication user) and Sentinels (Sentinel user) are logged in (wait_ready); after a failover,
+    which makes Redis and Sentinel rewrite their files, the ACL settings are still there."""
+    _heal(tb)
+    old = tb.sentinel_master()
+    tb.kill_redis(tb.master_index())
+    _switched_away_from(tb, old)
+    _heal(tb)
+    for node in NAMES:
+        # the rewritten files quote values; lines carrying a password are left out (never in a failure message)
+        redis_conf, sentinel_conf = ({line.replace('"', "") for line in (tb.dir / node / f).read_text().splitlines()
+                                      if "auth " not in line and "-pass " not in line}
+                                     for f in ("conf/redis.conf", "sentinel/sentinel.conf"))
+        assert {"aclfile /conf/users.acl", "masteruser tb-replication"} <= redis_conf, node
+        assert {"aclfile /sentinel/users.acl", "sentinel sentinel-user tb-sentinel",
+                "sentinel auth-user keybuzz-master tb-sentinel"} <= sentinel_conf, node
+
+
+def test_a_changed_users_acl_is_taken_by_acl_load_without_a_restart(tb):
+    """What the deploy does when users.acl changes (keybuzz-redis-settings acl-load): ACL LOAD everywhere."""
+    _heal(tb)
+    rotated = dict(tb.logins, haproxy=Login("tb-haproxy", "tb-rotated-" + str(time.time_ns())))
+    run_ids = [_run_id(tb.redis_client(ip)) for ip in tb.redis_ips]
+    for node in NAMES:
+        for sub, text in (("conf", render_redis_acl(rotated)), ("sentinel", render_sentinel_acl(rotated))):
+            path = tb.dir / node / sub / "users.acl"
+            path.write_text(text)  # same owner and mode: the file is rewritten in place
+    for ip, port in [(ip, 6379) for ip in tb.redis_ips] + [(ip, 26379) for ip in tb.sentinel_ips]:
+        assert tb.redis_client(ip, port).execute_command("ACL", "LOAD") in ("OK", b"OK", True)
+    assert tb.redis_client(tb.redis_ips[0], login=rotated["haproxy"]).execute_command("ROLE")
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        tb.redis_client(tb.redis_ips[0], login=tb.logins["haproxy"]).ping()
+    assert [_run_id(tb.redis_client(ip)) for ip in tb.redis_ips] == run_ids  # nothing restarted
+    # back to the testbed's own logins (the followers inside HAProxy use them)
+    for node in NAMES:
+        (tb.dir / node / "conf" / "users.acl").write_text(render_redis_acl(tb.logins))
+        (tb.dir / node / "sentinel" / "users.acl").write_text(render_sentinel_acl(tb.logins))
+    for ip, port in [(ip, 6379) for ip in tb.redis_ips] + [(ip, 26379) for ip in tb.sentinel_ips]:
+        tb.redis_client(ip, port).execute_command("ACL", "LOAD")
+
+
+def test_the_deploys_see_a_first_install_only_when_no_sentinel_could_be_hiding_a_master(tb):
+    """deploys/redis.py makes redis-01 master only on a first install; a refused login or a Sentinel it
+    cannot reach is never one (issue 10 §4: it would create a second master)."""
+    from keybuzz.redis.client import CLOSED, REFUSED_LOGIN, UNKNOWN, cluster_view
+
+    _heal(tb)
+    view = cluster_view(tb.sentinel_ips, tb.admin)
+    assert view.master and not view.first_install
+    wrong = cluster_view(tb.sentinel_ips, Login(tb.admin.user, "not-the-password"))
+    assert wrong.master is None and wrong.refused_login and not wrong.first_install
+    assert wrong.replies == (REFUSED_LOGIN,) * 3
+    # nothing listens on 26379 of the Redis containers: as on hosts where Redis is not installed yet
+    fresh = cluster_view(tb.redis_ips, tb.admin)
+    assert fresh.replies == (CLOSED,) * 3 and fresh.first_install
+    # one not installed yet and one it cannot reach (an address nobody holds: timeout): not a first install
+    mixed = cluster_view([tb.redis_ips[0], tb.ip(99)], tb.admin)
+    assert mixed.replies[0] == CLOSED and mixed.replies[1].startswith("error: ") and not mixed.first_install
+    assert UNKNOWN not in mixed.replies + fresh.replies

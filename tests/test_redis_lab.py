@@ -14,7 +14,7 @@ from helpers import docker_time
 from keybuzz import credentials
 from keybuzz.lab import lab as lab_module
 from keybuzz.redis.client import WriteProbe, connect, no_retry_client
-from keybuzz.redis.settings import REDIS_PORT, majority
+from keybuzz.redis.settings import REDIS_PORT, Login, logins, majority
 from keybuzz.runner import parse_changes
 from keybuzz.waiting import wait_for
 
@@ -22,14 +22,27 @@ REDIS_HOSTS = {h.name: h.ip for h in lab_module.TOPOLOGY if h.role == "redis"}
 LB = lab_module.LB_IP
 
 
-def _password(lab) -> str:
-    return credentials.load("redis")["REDIS_PASSWORD"].unmask()
+def _logins(lab) -> dict[str, Login]:
+    return logins(credentials.load("redis"))
+
+
+def _admin(lab) -> Login:
+    return _logins(lab)["admin"]
+
+
+def _app(lab) -> Login:
+    """The applications' login (Redis's `default` user, REDIS_PASSWORD): what writes through the LB."""
+    return _logins(lab)["app"]
+
+
+def _passwords(lab) -> list[str]:
+    return [login.password for login in _logins(lab).values()]
 
 
 def _sentinel_master(lab) -> str | None:
     from keybuzz.redis.client import ask_sentinels
 
-    return majority(ask_sentinels(list(REDIS_HOSTS.values()), _password(lab)), 3)
+    return majority(ask_sentinels(list(REDIS_HOSTS.values()), _admin(lab)), 3)
 
 
 def _diag(lab):
@@ -54,7 +67,7 @@ def deployed(lab):
         assert r.ok, f"layer {name} failed:\n{r.output[-4000:]}"
 
     def lb_answers() -> bool:  # the LB stand-in marks a new HAProxy up after 2 checks, 2 s apart
-        client = no_retry_client(LB, REDIS_PORT, _password(lab), timeout=1)
+        client = no_retry_client(LB, REDIS_PORT, _app(lab), timeout=1)
         try:
             return client.ping()
         except Exception:  # noqa: BLE001 - any failure means "not yet"
@@ -66,9 +79,8 @@ def deployed(lab):
 
 
 def test_first_deploy_prints_no_secret_at_vvv(lab, deployed):
-    password = _password(lab)
     for name, r in deployed.items():
-        assert password not in r.output, f"REDIS_PASSWORD printed by layer {name}"
+        assert not [p for p in _passwords(lab) if p in r.output], f"a Redis password printed by layer {name}"
 
 
 def test_diag_is_green_and_redis_01_is_the_first_master(lab, deployed):
@@ -78,11 +90,10 @@ def test_diag_is_green_and_redis_01_is_the_first_master(lab, deployed):
 
 
 def test_second_runs_change_nothing_and_print_no_secret_at_debug(lab, deployed):
-    password = _password(lab)
     for name in ("redis", "haproxy"):
         rc, output = _pyinfra(lab, name, "-vvv", "--debug")
         assert rc == 0, output[-4000:]
-        assert password not in output, f"REDIS_PASSWORD printed by layer {name} at --debug"
+        assert not [p for p in _passwords(lab) if p in output], f"a Redis password printed by layer {name} at --debug"
         assert parse_changes(output) == 0, f"second run of {name} changed: {_changed_ops(output)}"
     # what Sentinel wrote into its own file survived the re-run
     for host in REDIS_HOSTS:
@@ -110,7 +121,7 @@ def _changed_ops(output: str) -> dict[str, int]:
 
 def _sentinel_connections(lab) -> int:
     """Connections the three Sentinels have accepted so far (INFO stats; Sentinel has no commandstats)."""
-    return sum(int(connect(ip, 26379, _password(lab)).info("stats")["total_connections_received"])
+    return sum(int(connect(ip, 26379, _admin(lab)).info("stats")["total_connections_received"])
                for ip in REDIS_HOSTS.values())
 
 
@@ -150,7 +161,7 @@ def test_a_changed_setting_is_applied_at_runtime_without_any_restart(lab, deploy
     ], changed
     assert not [n for n in changed if "Restart" in n], changed
     for ip in REDIS_HOSTS.values():
-        reply = connect(ip, 26379, _password(lab), 2).execute_command("SENTINEL", "MASTER", "keybuzz-master")
+        reply = connect(ip, 26379, _admin(lab), 2).execute_command("SENTINEL", "MASTER", "keybuzz-master")
         fields = dict(zip(reply[::2], reply[1::2], strict=False)) if isinstance(reply, list) else reply
         assert str(fields["down-after-milliseconds"]) == "4000"
     assert {h: _started_at(lab, h, "redis-sentinel") for h in REDIS_HOSTS} == before
@@ -176,16 +187,41 @@ def test_a_changed_unit_restarts_replicas_one_by_one_then_the_master(lab, deploy
     wait_for(lambda: _healthy(lab), 60, what="cluster healthy again")
 
 
-def test_files_holding_the_password_are_root_or_redis_only(lab, deployed):
+def test_files_holding_a_password_are_root_or_redis_only(lab, deployed):
+    files = ("/etc/keybuzz/redis.env", "/opt/keybuzz/redis/conf/redis.conf", "/opt/keybuzz/redis/conf/users.acl",
+             "/opt/keybuzz/redis/sentinel/sentinel.conf", "/opt/keybuzz/redis/sentinel/users.acl")
     for host in REDIS_HOSTS:
-        out = lab.exec(host, "stat -c '%a %u:%g %n' /etc/keybuzz/redis.env /opt/keybuzz/redis/conf/redis.conf "
-                             "/opt/keybuzz/redis/sentinel/sentinel.conf").stdout.split("\n")
-        assert out[0].startswith("600 0:0 ") and out[1].startswith("600 999:1000 "), out
-        assert out[2].startswith("600 999:"), out
-        assert _password(lab) not in lab.exec(host, "ps -eo args").stdout
+        out = lab.exec(host, "stat -c '%a %u:%g' " + " ".join(files)).stdout.split("\n")
+        assert out[0] == "600 0:0" and all(o.startswith("600 999:") for o in out[1:5]), out
+        assert not [p for p in _passwords(lab) if p in lab.exec(host, "ps -eo args").stdout]
     out = lab.exec("haproxy-01", "stat -c '%a %u:%g' /etc/keybuzz/redis.env").stdout.strip()
     assert out == "600 0:0"
-    assert _password(lab) not in lab.exec("haproxy-01", "ps -eo args").stdout
+    assert not [p for p in _passwords(lab) if p in lab.exec("haproxy-01", "ps -eo args").stdout]
+
+
+def test_each_host_holds_only_the_redis_login_its_role_needs(lab, deployed):
+    """§H.2 least privilege: a Redis node holds the admin login (its settings tool) plus the replication and
+    Sentinel passwords in the files Redis and Sentinel read; an HAProxy host the haproxy login only; no host
+    holds the applications' REDIS_PASSWORD (users.acl keeps hashes)."""
+    users = _logins(lab)
+    allowed = {"redis": {"admin", "replication", "sentinel"}, "haproxy": {"haproxy"}}
+    for host in [*REDIS_HOSTS, "haproxy-01", "haproxy-02"]:
+        role = "redis" if host in REDIS_HOSTS else "haproxy"
+        text = lab.exec(host, "cat /etc/keybuzz/*.env /opt/keybuzz/redis/conf/* /opt/keybuzz/redis/sentinel/* "
+                              "2>/dev/null").stdout
+        held = {name for name, login in users.items() if login.password in text}
+        assert held == allowed[role], f"{host} holds the Redis logins {sorted(held)}"
+        names = lab.exec(host, "sed -n 's/=.*//p' /etc/keybuzz/redis.env").stdout.split()
+        assert names == (["REDIS_ADMIN_USER", "REDIS_ADMIN_PASSWORD"] if role == "redis"
+                         else ["REDIS_HAPROXY_USER", "REDIS_HAPROXY_PASSWORD"]), (host, names)
+
+
+def test_diag_shows_the_logins_and_that_the_applications_cannot_run_admin_commands(lab, deployed):
+    report = _diag(lab)
+    assert report.ok, str(report)
+    text = str(report)
+    assert f"asked as {_admin(lab).user}" in text
+    assert "user default, CONFIG refused (no admin command)" in text
 
 
 def test_reload_works_with_the_containerised_haproxy(lab, deployed):
@@ -197,7 +233,7 @@ def test_reload_works_with_the_containerised_haproxy(lab, deployed):
 def _kill_and_measure(lab, host: str, how: str) -> tuple[float, str]:
     """Kill `host`'s Redis (`how`: 'container' = docker kill on the host, 'host' = the whole host stops) while
     writing through the LB stand-in; returns (write gap s, new master)."""
-    probe = WriteProbe(LB, REDIS_PORT, _password(lab), prefix="keybuzz:labtest:", ttl=300, max_seconds=120).start()
+    probe = WriteProbe(LB, REDIS_PORT, _app(lab), prefix="keybuzz:labtest:", ttl=300, max_seconds=120).start()
     time.sleep(2)
     t0 = time.monotonic()
     if how == "container":
@@ -209,7 +245,7 @@ def _kill_and_measure(lab, host: str, how: str) -> tuple[float, str]:
     probe.stop()
     gap = probe.gap(t0, t0 + 0.5)
     new = _sentinel_master(lab)
-    master = no_retry_client(new.split(":")[0], REDIS_PORT, _password(lab), timeout=2)
+    master = no_retry_client(new.split(":")[0], REDIS_PORT, _admin(lab), timeout=2)
     lost_acked, acked = probe.lost(master)[:2]
     master.close()
     assert acked > 0 and lost_acked == 0, (acked, lost_acked)  # 0 lost of 0 acknowledged would prove nothing

@@ -8,16 +8,24 @@ import pytest
 from keybuzz.haproxy.settings import render_update_conf
 from keybuzz.redis.settings import (
     MASTER_NAME,
+    ROLES,
+    Login,
     RedisSettings,
     env_file,
+    logins,
     majority,
+    render_redis_acl,
     render_redis_conf,
+    render_sentinel_acl,
     render_sentinel_conf,
     render_settings_file,
     valid_addr,
 )
 
 CANARY = "canary-Zq8vN2rT5wLk9PmX"
+# one distinct canary password per role, as credentials/redis.env has
+USERS = {role: Login(None if role == "app" else f"kb-{role}", f"{CANARY}-{role}") for role in ROLES}
+REPLICATION, SENTINEL = USERS["replication"], USERS["sentinel"]
 
 
 def _lines(text: str) -> list[str]:
@@ -25,22 +33,73 @@ def _lines(text: str) -> list[str]:
 
 
 def test_first_master_has_no_replicaof_and_replicas_follow_it():
-    master = render_redis_conf("redis-01", "10.0.0.221 127.0.0.1", CANARY, RedisSettings(), None)
-    replica = render_redis_conf("redis-02", "10.0.0.222 127.0.0.1", CANARY, RedisSettings(), "10.0.0.221")
+    master = render_redis_conf("redis-01", "10.0.0.221 127.0.0.1", REPLICATION, RedisSettings(), None)
+    replica = render_redis_conf("redis-02", "10.0.0.222 127.0.0.1", REPLICATION, RedisSettings(), "10.0.0.221")
     assert not [line for line in _lines(master) if line.startswith("replicaof")]
     assert "replicaof 10.0.0.221 6379" in _lines(replica)
 
 
-def test_one_password_for_clients_replication_and_sentinel():
-    redis_conf = _lines(render_redis_conf("redis-01", "10.0.0.221", CANARY, RedisSettings(), None))
-    sentinel_conf = _lines(render_sentinel_conf("redis-01", "10.0.0.221", CANARY, RedisSettings(), "10.0.0.221"))
-    assert f"requirepass {CANARY}" in redis_conf and f"masterauth {CANARY}" in redis_conf
-    assert f"requirepass {CANARY}" in sentinel_conf
-    assert f"sentinel auth-pass {MASTER_NAME} {CANARY}" in sentinel_conf
+def test_each_config_file_holds_only_the_password_of_its_own_job():
+    """Replicas log in as the replication user, Sentinel as the Sentinel user; users come from users.acl
+    (hashes); no requirepass (the `default` user is the applications', defined in users.acl)."""
+    redis_conf = _lines(render_redis_conf("redis-01", "10.0.0.221", REPLICATION, RedisSettings(), None))
+    sentinel_conf = _lines(render_sentinel_conf("redis-01", "10.0.0.221", SENTINEL, RedisSettings(), "10.0.0.221"))
+    assert {"aclfile /conf/users.acl", f"masteruser {REPLICATION.user}", f"masterauth {REPLICATION.password}"} \
+        <= set(redis_conf)
+    assert {"aclfile /sentinel/users.acl", f"sentinel sentinel-user {SENTINEL.user}",
+            f"sentinel sentinel-pass {SENTINEL.password}", f"sentinel auth-user {MASTER_NAME} {SENTINEL.user}",
+            f"sentinel auth-pass {MASTER_NAME} {SENTINEL.password}"} <= set(sentinel_conf)
+    for text in (redis_conf, sentinel_conf):
+        assert not [line for line in text if line.startswith("requirepass")]
+    others = [u.password for role, u in USERS.items() if role not in ("replication",)]
+    assert not [p for p in others if p in "\n".join(redis_conf)]
+    others = [u.password for role, u in USERS.items() if role not in ("sentinel",)]
+    assert not [p for p in others if p in "\n".join(sentinel_conf)]
+
+
+def _acl(text: str) -> dict[str, list[str]]:
+    """users.acl parsed: user -> its rule words (the `on` flag and the hash included)."""
+    users = {}
+    for line in _lines(text):
+        word, user, *rules = line.split()
+        assert word == "user"
+        users[user] = rules
+    return users
+
+
+def test_acl_files_hold_hashes_never_a_password():
+    for text in (render_redis_acl(USERS), render_sentinel_acl(USERS)):
+        assert CANARY not in text
+        assert all(rule.startswith("#") and len(rule) == 65 for rules in _acl(text).values()
+                   for rule in rules if rule.startswith(("#", ">")))
+        assert not [r for rules in _acl(text).values() for r in rules if r.startswith(">")]
+
+
+def test_applications_get_data_commands_only_and_haproxy_hosts_two_queries():
+    redis_users = _acl(render_redis_acl(USERS))
+    assert set(redis_users) == {"default", "kb-admin", "kb-replication", "kb-sentinel", "kb-haproxy"}
+    assert redis_users["default"][2:] == ["~*", "&*", "+@all", "-@dangerous", "+info"]
+    assert redis_users["kb-haproxy"][2:] == ["resetchannels", "-@all", "+role", "+ping"]
+    assert redis_users["kb-replication"][2:] == ["resetchannels", "-@all", "+psync", "+replconf", "+ping"]
+    sentinel_users = _acl(render_sentinel_acl(USERS))
+    assert sentinel_users["default"] == ["off"]  # REDIS_PASSWORD opens nothing on a Sentinel
+    assert sentinel_users["kb-haproxy"][2:] == ["resetchannels", "&+switch-master", "-@all", "+ping", "+subscribe",
+                                                "+sentinel|get-master-addr-by-name"]
+    assert "kb-replication" not in sentinel_users
+
+
+def test_logins_come_from_the_redis_brick_variables():
+    secrets = {"REDIS_PASSWORD": "a", "REDIS_ADMIN_USER": "adm", "REDIS_ADMIN_PASSWORD": "b",
+               "REDIS_REPLICATION_USER": "rep", "REDIS_REPLICATION_PASSWORD": "c", "REDIS_SENTINEL_USER": "sen",
+               "REDIS_SENTINEL_PASSWORD": "d", "REDIS_HAPROXY_USER": "hap", "REDIS_HAPROXY_PASSWORD": "e"}
+    got = logins(secrets)
+    assert (got["app"].user, got["app"].password) == (None, "a")
+    assert (got["haproxy"].user, got["haproxy"].password) == ("hap", "e")
+    assert repr(got["haproxy"]) == "Login(user='hap', password=***)"  # never printed by a repr
 
 
 def test_sentinel_monitors_keybuzz_master_with_quorum_2_and_the_production_timings():
-    conf = _lines(render_sentinel_conf("redis-02", "10.0.0.222", CANARY, RedisSettings(), "10.0.0.221"))
+    conf = _lines(render_sentinel_conf("redis-02", "10.0.0.222", SENTINEL, RedisSettings(), "10.0.0.221"))
     assert "sentinel monitor keybuzz-master 10.0.0.221 6379 2" in conf
     assert "sentinel down-after-milliseconds keybuzz-master 5000" in conf
     assert "sentinel failover-timeout keybuzz-master 60000" in conf
@@ -49,7 +108,7 @@ def test_sentinel_monitors_keybuzz_master_with_quorum_2_and_the_production_timin
 
 
 def test_redis_persists_and_never_refuses_writes_for_lack_of_replicas():
-    conf = _lines(render_redis_conf("redis-01", "10.0.0.221", CANARY, RedisSettings(), None))
+    conf = _lines(render_redis_conf("redis-01", "10.0.0.221", REPLICATION, RedisSettings(), None))
     assert {"appendonly yes", "dir /data", "min-replicas-to-write 0"} <= set(conf)
 
 
@@ -71,10 +130,14 @@ def test_update_conf_is_not_secret_and_names_every_sentinel():
     assert "PASSWORD" not in text.replace("REDIS_ENV_FILE", "")
 
 
-def test_env_file_uses_the_standard_variable_name_and_refuses_quotes():
-    assert env_file(CANARY) == f"REDIS_PASSWORD='{CANARY}'\n"
+def test_each_host_env_file_holds_its_one_login_and_never_the_applications_password():
+    assert env_file(USERS["haproxy"], "haproxy") == (f"REDIS_HAPROXY_USER='kb-haproxy'\n"
+                                                     f"REDIS_HAPROXY_PASSWORD='{CANARY}-haproxy'\n")
+    assert env_file(USERS["admin"], "admin").startswith("REDIS_ADMIN_USER='kb-admin'\n")
     with pytest.raises(ValueError):
-        env_file("a'b")
+        env_file(USERS["app"], "app")
+    with pytest.raises(ValueError):
+        env_file(Login("kb-haproxy", "a'b"), "haproxy")
 
 
 @pytest.mark.parametrize("addr, ok", [

@@ -112,6 +112,7 @@ REGISTRY = f"{REGISTRY_IP}:5000"
 LOAD_BALANCERS = _DATA["load_balancers"]
 LB_IP = LOAD_BALANCERS[0]["address"]  # the stand-in for 10.0.0.10, where checks send client traffic
 LB_PORTS: dict[int, str] = LOAD_BALANCERS[0]["ports"]
+DRY_ONLY: dict[str, str] = _DATA.get("dry_only") or {}  # layer -> why the lab can only run it with --dry
 TOPOLOGY: tuple[LabHost, ...] = topology(_DATA)
 REGISTRY_CONTAINER = f"{PREFIX}registry"
 LB_CONTAINER = f"{PREFIX}lb"
@@ -439,6 +440,9 @@ def deploy(layer_name: str, progress: Callable[[str], None] | None = None, verbo
     layer = LAYERS.get(layer_name)
     if layer is None or not layer.exists():
         raise LabError(f"layer {layer_name!r} has no deploy file (deploys/{layer_name}.py)")
+    if layer_name in DRY_ONLY and "--dry" not in extra:
+        raise LabError(f"{PLAN_FILE}: layer {layer_name} runs in the lab with --dry only "
+                       f"({DRY_ONLY[layer_name]})")
     return runner.deploy(layer, progress, verbose, extra, env(), timeout)
 
 
@@ -465,6 +469,7 @@ class LayerRow:
     checks_ok: bool | None = None  # None: the layer has no checks
     seconds: float = 0.0
     detail: str = field(default="", repr=False)
+    dry: bool = False  # deployed with --dry only (lab.yaml dry_only): nothing changed, nothing to check
 
     @property
     def green(self) -> bool:
@@ -474,9 +479,10 @@ class LayerRow:
 def table(rows: list[LayerRow], color: bool | None = None) -> str:
     """The per-layer green/red table `lab up` prints.
 
-    >>> print(table([LayerRow("base_os", True, 42, None, 80.0)], color=False))
+    >>> print(table([LayerRow("base_os", True, 42, None, 80.0), LayerRow("minio", True, 9, dry=True)], color=False))
     layer      deploy  changes  checks     seconds
     base_os    ok      42       (none)     80
+    minio      dry     9        (none)     0
     """
     color = sys.stdout.isatty() if color is None else color
 
@@ -487,7 +493,7 @@ def table(rows: list[LayerRow], color: bool | None = None) -> str:
 
     out = [f"{'layer':<10} {'deploy':<7} {'changes':<8} {'checks':<10} {'seconds'}"]
     for r in rows:
-        dep = {True: "ok", False: "FAILED", None: "skipped"}[r.deploy_ok]
+        dep = "dry" if r.dry and r.deploy_ok else {True: "ok", False: "FAILED", None: "skipped"}[r.deploy_ok]
         chk = {True: "ok", False: "FAILED", None: "(none)"}[r.checks_ok]
         changes = str(r.changes) if r.deploy_ok is not None else "-"
         line = f"{r.layer:<10} {dep:<7} {changes:<8} {chk:<10} {r.seconds:.0f}"
@@ -523,14 +529,16 @@ def deploy_layers(names: list[str] | None = None, progress: Callable[[str], None
         if failed:
             rows.append(LayerRow(layer.name, None))
             continue
-        progress(f"deploying layer {layer.name} ({layer.help})")
-        result = deploy(layer.name, _deploy_progress(progress))
-        rows.append(LayerRow(layer.name, result.ok, result.changes, None, result.seconds, result.output))
+        dry = layer.name in DRY_ONLY
+        progress(f"deploying layer {layer.name} ({layer.help})"
+                 + (f" with --dry only: {DRY_ONLY[layer.name]}" if dry else ""))
+        result = deploy(layer.name, _deploy_progress(progress), extra=("--dry",) if dry else ())
+        rows.append(LayerRow(layer.name, result.ok, result.changes, None, result.seconds, result.output, dry))
         if not result.ok:
             progress("\n".join(result.output.splitlines()[-30:]))
             failed = True
     for layer, row in zip(chosen, rows, strict=True):
-        if not row.deploy_ok:
+        if not row.deploy_ok or row.dry:
             continue
         start = time.monotonic()
         row.checks_ok, report = run_checks(layer)

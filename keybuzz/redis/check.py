@@ -23,7 +23,7 @@ import redis
 from keybuzz.checks import Report, Target
 from keybuzz.haproxy.client import server_address
 from keybuzz.redis.client import WriteProbe, ask_sentinels, no_retry_client
-from keybuzz.redis.settings import MASTER_NAME, REDIS_PORT, SENTINEL_PORT, majority
+from keybuzz.redis.settings import MASTER_NAME, REDIS_PORT, SENTINEL_PORT, Login, logins, majority
 
 FAILOVER_BOUND_S = 60  # a controlled failover that takes longer than this is a failure
 PAUSE_MS = 10000  # writes held on the old master during the switch (released as soon as HAProxy follows)
@@ -31,8 +31,20 @@ PERF_SECONDS = 5
 PERF_MAX_OPS = 20000
 
 
-def _password(target: Target) -> str:
-    return target.secrets("redis")["REDIS_PASSWORD"].unmask()
+def _logins(target: Target) -> dict[str, Login]:
+    """The checks ask nodes and Sentinels as the admin user and write through the load balancer as the
+    applications do (Redis's `default` user, REDIS_PASSWORD)."""
+    return logins(target.secrets("redis"))
+
+
+def app_privileges(client: redis.Redis) -> tuple[str, bool]:
+    """(user the connection runs as, whether it is refused an admin command): what the applications' login can do."""
+    whoami = client.execute_command("ACL", "WHOAMI")
+    try:
+        client.config_get("maxmemory")
+        return whoami, False
+    except redis.exceptions.NoPermissionError:
+        return whoami, True
 
 
 def _nodes(target: Target) -> list[tuple[str, str]]:
@@ -63,11 +75,12 @@ def diag(target: Target, require_haproxy: bool = False) -> Report:
     True (keybuzz/haproxy/check.py): then a silent HAProxy is a failure.
     """
     report = Report("redis diag")
-    password = _password(target)
+    users = _logins(target)
+    admin = users["admin"]
     nodes = _nodes(target)
     masters = []
     for name, ip in nodes:
-        client = no_retry_client(ip, REDIS_PORT, password, timeout=2)
+        client = no_retry_client(ip, REDIS_PORT, admin, timeout=2)
         try:
             line, role = _node_line(client, name, ip)
             report.add(line)
@@ -80,7 +93,9 @@ def diag(target: Target, require_haproxy: bool = False) -> Report:
     if len(masters) != 1:
         report.add(f"{len(masters)} nodes say they are master (expected exactly 1)", ok=False)
 
-    answers = ask_sentinels([ip for _, ip in nodes], password, timeout=2)
+    report.add(f"logins: nodes and Sentinels asked as {admin.user}; writes through the load balancer as the "
+               "applications' `default` user")
+    answers = ask_sentinels([ip for _, ip in nodes], admin, timeout=2)
     agreed = majority(answers, len(nodes))
     for (name, _), answer in zip(nodes, answers, strict=True):
         report.add(f"sentinel {name}: master {answer or '(no answer)'}", ok=answer is not None)
@@ -97,14 +112,18 @@ def diag(target: Target, require_haproxy: bool = False) -> Report:
     for name, addr in pointed.items():
         report.add(f"{name} be_redis_master -> {addr or '(stats unreachable)'}", ok=addr is not None and addr == agreed)
 
-    lb = no_retry_client(target.lb, REDIS_PORT, password, timeout=2)
+    lb = no_retry_client(target.lb, REDIS_PORT, users["app"], timeout=2)
     try:
         key = f"keybuzz:check:diag:{time.time_ns()}"
         lb.set(key, "1", ex=60)
         lb_run_id = lb.info("server")["run_id"]
         report.add(f"write through {target.lb}:{REDIS_PORT} OK")
+        whoami, refused = app_privileges(lb)
+        report.add(f"applications' login through {target.lb}:{REDIS_PORT}: user {whoami}, CONFIG "
+                   + ("refused (no admin command)" if refused else "ALLOWED: the ACL users are not applied"),
+                   ok=refused)
         if agreed:
-            master_client = no_retry_client(agreed.split(":")[0], REDIS_PORT, password, timeout=2)
+            master_client = no_retry_client(agreed.split(":")[0], REDIS_PORT, admin, timeout=2)
             same = master_client.info("server")["run_id"] == lb_run_id and master_client.get(key) == "1"
             master_client.close()
             report.add("the load balancer reaches the Sentinels' master", ok=same)
@@ -119,13 +138,14 @@ def failover(target: Target) -> Report:
     """`SENTINEL FAILOVER keybuzz-master`, while writing through the load balancer every 20 ms; reports the
     write gap, the new master and whether acknowledged (WAIT 1) writes all survived."""
     report = Report("redis failover (controlled)")
-    password = _password(target)
+    users = _logins(target)
+    admin = users["admin"]
     sentinel_ips = [ip for _, ip in _nodes(target)]
-    before = majority(ask_sentinels(sentinel_ips, password), len(sentinel_ips))
+    before = majority(ask_sentinels(sentinel_ips, admin), len(sentinel_ips))
     if not before:
         report.add("no Sentinel majority before the failover: not started", ok=False)
         return report
-    probe = WriteProbe(target.lb, REDIS_PORT, password, prefix="keybuzz:check:failover:", ttl=300,
+    probe = WriteProbe(target.lb, REDIS_PORT, users["app"], prefix="keybuzz:check:failover:", ttl=300,
                        max_seconds=FAILOVER_BOUND_S + 10).start()
     time.sleep(1)
     t0 = time.monotonic()
@@ -133,7 +153,7 @@ def failover(target: Target) -> Report:
     # replica while the old master still accepts writes until it is reconfigured, and writes accepted there
     # in that window (even acknowledged by WAIT 1 from the other replica) are lost. Paused clients get an
     # error instead (HAProxy cuts their sessions at the switch), never a silent loss.
-    old_master = no_retry_client(before.split(":")[0], REDIS_PORT, password, timeout=2)
+    old_master = no_retry_client(before.split(":")[0], REDIS_PORT, admin, timeout=2)
     try:
         old_master.execute_command("CLIENT", "PAUSE", PAUSE_MS, "WRITE")
         report.add(f"writes paused on {before} (at most {PAUSE_MS} ms)")
@@ -144,7 +164,7 @@ def failover(target: Target) -> Report:
     finally:
         old_master.close()
     for ip in sentinel_ips:  # the first Sentinel that answers starts it
-        client = no_retry_client(ip, SENTINEL_PORT, password, timeout=2)
+        client = no_retry_client(ip, SENTINEL_PORT, admin, timeout=2)
         try:
             client.execute_command("SENTINEL", "FAILOVER", MASTER_NAME)
             report.add(f"SENTINEL FAILOVER sent to {ip}")
@@ -161,12 +181,12 @@ def failover(target: Target) -> Report:
     followed = False
     deadline = t0 + FAILOVER_BOUND_S
     while time.monotonic() < deadline:
-        after = majority(ask_sentinels(sentinel_ips, password), len(sentinel_ips))
+        after = majority(ask_sentinels(sentinel_ips, admin), len(sentinel_ips))
         if after and after != before and all(haproxy_master(s.ip) == after for s in target.plan.group("haproxy")):
             followed = True
             break
         time.sleep(0.2)
-    old_master = no_retry_client(before.split(":")[0], REDIS_PORT, password, timeout=2)
+    old_master = no_retry_client(before.split(":")[0], REDIS_PORT, admin, timeout=2)
     try:
         old_master.execute_command("CLIENT", "UNPAUSE")  # it is a replica now: late writes get READONLY
     except (redis.RedisError, OSError):
@@ -185,7 +205,7 @@ def failover(target: Target) -> Report:
     report.add(f"write gap through {target.lb}: {gap:.2f} s ({failed} failed attempts)" if gap is not None
                else "no write succeeded after the failover", ok=gap is not None)
     report.metrics.update(gap_s=gap, old=before, new=after)
-    master = no_retry_client(after.split(":")[0], REDIS_PORT, password, timeout=2)
+    master = no_retry_client(after.split(":")[0], REDIS_PORT, admin, timeout=2)
     try:
         lost_repl, repl, lost_plain, plain = probe.lost(master)
     finally:
@@ -201,7 +221,7 @@ def perf(target: Target) -> Report:
     """Bounded benchmark through the load balancer: single-client SET/GET round trips and pipelined SETs
     (at most PERF_SECONDS s and PERF_MAX_OPS operations each)."""
     report = Report("redis perf (through the load balancer)")
-    client = no_retry_client(target.lb, REDIS_PORT, _password(target), timeout=2)
+    client = no_retry_client(target.lb, REDIS_PORT, _logins(target)["app"], timeout=2)
     try:
         latencies = []
         start = time.monotonic()

@@ -1,7 +1,7 @@
 """Talks to a running Redis HA cluster from the install host (deploys, checks, tests, bench): the Sentinels'
 majority, runtime drift of the settings, and a write probe that measures gaps and losses.
 
-    client = no_retry_client("172.30.0.10", 6379, password)   # through the LB: fails fast, never retries
+    client = no_retry_client("172.30.0.10", 6379, logins["app"])   # through the LB: fails fast, never retries
 """
 
 from __future__ import annotations
@@ -13,90 +13,113 @@ from keybuzz.redis.settings import (
     QUORUM,
     REDIS_PORT,
     SENTINEL_PORT,
+    Login,
     RedisSettings,
     majority,
     valid_addr,
 )
 
+UNKNOWN = "unknown"  # reached, and monitors no keybuzz-master (yet)
+CLOSED = "closed"  # nothing listens on the Sentinel port (refused): not installed, or stopped
+REFUSED_LOGIN = "refused login"  # the Sentinel refuses the login: a wrong password, or a pre-ACL cluster
 
-def ask_sentinels(sentinels: list[str], password: str, timeout: float = 1.0) -> list[str | None]:
-    """Each Sentinel's answer to get-master-addr-by-name ('ip:port' or None), in order.
+
+def sentinel_replies(sentinels: list[str], login: Login, timeout: float = 1.0) -> list[str]:
+    """What each Sentinel says of keybuzz-master, in order: 'ip:port', UNKNOWN, CLOSED, REFUSED_LOGIN or
+    'error: <kind>' (timeout, unreachable, malformed reply): never guessed, so a caller can tell a first install
+    from a cluster it cannot see.
 
     Example::
 
-        ask_sentinels(["172.30.0.21", "172.30.0.22", "172.30.0.23"], pw)
-        # -> ['172.30.0.21:6379', '172.30.0.21:6379', None]
+        sentinel_replies(["172.30.0.21", "172.30.0.22", "172.30.0.23"], logins["admin"])
+        # -> ['172.30.0.21:6379', '172.30.0.21:6379', 'error: TimeoutError']
     """
     import redis  # imported here: pyinfra hosts do not need it, only the machine running checks/deploys
 
-    answers: list[str | None] = []
+    replies: list[str] = []
     for s in sentinels:
         host, _, port = s.partition(":")
-        client = redis.Redis(host=host, port=int(port or SENTINEL_PORT), password=password,
-                             socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True)
+        client = redis.Redis(host=host, port=int(port or SENTINEL_PORT), username=login.user,
+                             password=login.password, socket_timeout=timeout, socket_connect_timeout=timeout,
+                             decode_responses=True)
         try:
             reply = client.execute_command("SENTINEL", "get-master-addr-by-name", MASTER_NAME)
-            answers.append(f"{reply[0]}:{reply[1]}" if reply and len(reply) == 2 else None)
-        except (redis.RedisError, OSError, TypeError, IndexError):
-            answers.append(None)
+            addr = f"{reply[0]}:{reply[1]}" if reply and len(reply) == 2 else None
+            replies.append(addr if valid_addr(addr) else UNKNOWN if reply is None else "error: malformed reply")
+        except redis.AuthenticationError:
+            replies.append(REFUSED_LOGIN)
+        except redis.ConnectionError as e:
+            refused = isinstance(e.__cause__ or e.__context__, ConnectionRefusedError) or "refused" in str(e)
+            replies.append(CLOSED if refused else f"error: {type(e).__name__}")
+        except (redis.RedisError, OSError, TypeError, IndexError) as e:
+            replies.append(f"error: {type(e).__name__}")
         finally:
             client.close()
-    return answers
+    return replies
 
 
-def sentinel_master(sentinels: list[str], password: str, timeout: float = 1.0) -> str | None:
+def ask_sentinels(sentinels: list[str], login: Login, timeout: float = 1.0) -> list[str | None]:
+    """Each Sentinel's answer to get-master-addr-by-name ('ip:port' or None), in order."""
+    return [r if valid_addr(r) else None for r in sentinel_replies(sentinels, login, timeout)]
+
+
+def sentinel_master(sentinels: list[str], login: Login, timeout: float = 1.0) -> str | None:
     """'ip:port' of the master a majority of `sentinels` agrees on, else None."""
-    return majority(ask_sentinels(sentinels, password, timeout), len(sentinels))
+    return majority(ask_sentinels(sentinels, login, timeout), len(sentinels))
 
 
 
 class PasswordMismatch(RuntimeError):
-    """REDIS_PASSWORD of redis.env is not the one the running cluster uses (rotation is a manual procedure)."""
+    """A login of redis.env is not one the running cluster accepts (rotation is a manual procedure)."""
 
 
-def connect(ip: str, port: int, password: str, timeout: float = 2.0):
+def connect(ip: str, port: int, login: Login, timeout: float = 2.0):
     """A redis client with short timeouts (retries as redis-py does by default)."""
     import redis
 
-    return redis.Redis(host=ip, port=port, password=password, socket_timeout=timeout,
+    return redis.Redis(host=ip, port=port, username=login.user, password=login.password, socket_timeout=timeout,
                        socket_connect_timeout=timeout, decode_responses=True)
 
 
-def redis_drift(ip: str, password: str, settings: RedisSettings, timeout: float = 2.0) -> list[str] | None:
+def _refused(what: str, ip: str, login: Login) -> str:
+    return f"{what} on {ip} refuses the {login.user or 'default'} login of redis.env"
+
+
+def redis_drift(ip: str, login: Login, settings: RedisSettings, timeout: float = 2.0) -> list[str] | None:
     """Names of the Redis settings whose running value differs on `ip`; None when it does not answer.
 
     Example::
 
-        redis_drift("172.30.0.21", pw, RedisSettings())
+        redis_drift("172.30.0.21", logins["admin"], RedisSettings())
         # -> []
     """
     import redis
 
-    client = connect(ip, REDIS_PORT, password, timeout)
+    client = connect(ip, REDIS_PORT, login, timeout)
     try:
         return [name for name, value in settings.redis_settings()
                 if client.config_get(name).get(name) != value]
     except redis.AuthenticationError as e:
-        raise PasswordMismatch(f"Redis on {ip} refuses REDIS_PASSWORD of redis.env") from e
+        raise PasswordMismatch(_refused("Redis", ip, login)) from e
     except (redis.RedisError, OSError):
         return None
     finally:
         client.close()
 
 
-def sentinel_drift(ip: str, password: str, settings: RedisSettings, timeout: float = 2.0) -> list[str] | None:
+def sentinel_drift(ip: str, login: Login, settings: RedisSettings, timeout: float = 2.0) -> list[str] | None:
     """Names of the Sentinel settings (and quorum) that differ on the Sentinel of `ip`; None when it does not
     answer or does not monitor keybuzz-master yet."""
     import redis
 
-    client = connect(ip, SENTINEL_PORT, password, timeout)
+    client = connect(ip, SENTINEL_PORT, login, timeout)
     try:
         reply = client.execute_command("SENTINEL", "MASTER", MASTER_NAME)
         fields = dict(zip(reply[::2], reply[1::2], strict=False)) if isinstance(reply, list) else dict(reply)
         wanted = [*settings.sentinel_settings(), ("quorum", str(QUORUM))]
         return [name for name, value in wanted if str(fields.get(name)) != value]
     except redis.AuthenticationError as e:
-        raise PasswordMismatch(f"Sentinel on {ip} refuses REDIS_PASSWORD of redis.env") from e
+        raise PasswordMismatch(_refused("Sentinel", ip, login)) from e
     except (redis.RedisError, OSError):
         return None
     finally:
@@ -105,29 +128,50 @@ def sentinel_drift(ip: str, password: str, settings: RedisSettings, timeout: flo
 
 @dataclass(frozen=True)
 class ClusterView:
-    """What the Sentinels say, seen from the deploy machine: `master` ('ip') if a majority agrees;
-    `answered` = how many gave any valid address (0 on a fresh install)."""
+    """What the Sentinels say, seen from the deploy machine: `master` ('ip') if a majority agrees, and every
+    Sentinel's reply (sentinel_replies).
+
+    >>> ClusterView(None, ("unknown", "closed", "unknown")).first_install
+    True
+    >>> ClusterView(None, ("unknown", "error: TimeoutError", "unknown")).first_install  # one it cannot see
+    False
+    >>> ClusterView(None, ("refused login", "unknown", "unknown")).refused_login
+    True
+    """
 
     master: str | None
-    answered: int
+    replies: tuple[str, ...]
+
+    @property
+    def first_install(self) -> bool:
+        """No Sentinel knows keybuzz-master, and every one was reached (UNKNOWN) or has nothing listening
+        (CLOSED: not installed yet); a timeout, an unreachable host or a refused login is never a first install."""
+        return all(r in (UNKNOWN, CLOSED) for r in self.replies)
+
+    @property
+    def refused_login(self) -> bool:
+        return REFUSED_LOGIN in self.replies
+
+    def summary(self) -> str:
+        return ", ".join(self.replies)
 
 
-def cluster_view(sentinel_ips: list[str], password: str) -> ClusterView:
+def cluster_view(sentinel_ips: list[str], login: Login) -> ClusterView:
     """Ask every Sentinel once (read-only)."""
-    answers = ask_sentinels(sentinel_ips, password)
-    addr = majority(answers, len(sentinel_ips))
-    return ClusterView(addr.split(":")[0] if addr else None, sum(1 for a in answers if valid_addr(a)))
+    replies = sentinel_replies(sentinel_ips, login)
+    addr = majority(replies, len(sentinel_ips))
+    return ClusterView(addr.split(":")[0] if addr else None, tuple(replies))
 
 
 # ---------------------------------------------------------------- client-side probes (checks, tests, bench)
 
-def no_retry_client(host: str, port: int, password: str, timeout: float = 0.5):
+def no_retry_client(host: str, port: int, login: Login, timeout: float = 0.5):
     """A redis client that fails fast and never retries by itself: a probe must see every failure."""
     import redis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    return redis.Redis(host=host, port=port, password=password, socket_timeout=timeout,
+    return redis.Redis(host=host, port=port, username=login.user, password=login.password, socket_timeout=timeout,
                        socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0), decode_responses=True)
 
 
@@ -148,16 +192,16 @@ class WriteProbe:
 
     Example::
 
-        probe = WriteProbe("172.30.0.10", 6379, pw).start(); ...; probe.stop()
+        probe = WriteProbe("172.30.0.10", 6379, logins["app"]).start(); ...; probe.stop()
         probe.gap_after(t_kill)
         # -> 5.12
     """
 
-    def __init__(self, host: str, port: int, password: str, interval: float = 0.02, wait: bool = True,
+    def __init__(self, host: str, port: int, login: Login, interval: float = 0.02, wait: bool = True,
                  wait_ms: int = 200, prefix: str = "keybuzz:probe:", ttl: int = 600, max_seconds: float = 300):
         import threading
 
-        self.host, self.port, self.password = host, port, password
+        self.host, self.port, self.login = host, port, login
         self.interval, self.wait, self.wait_ms = interval, wait, wait_ms
         self.prefix, self.ttl, self.max_seconds = prefix, ttl, max_seconds
         self.writes: list[Write] = []
@@ -174,7 +218,7 @@ class WriteProbe:
 
     def _connect(self):
         """The client the probe writes with (overridden by a probe that asks Sentinel for the master)."""
-        return no_retry_client(self.host, self.port, self.password)
+        return no_retry_client(self.host, self.port, self.login)
 
     def _loop(self) -> None:
         import time

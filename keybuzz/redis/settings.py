@@ -9,6 +9,7 @@ Sentinel file. One source: deploys and testbeds start Redis from exactly what th
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from collections import Counter
 from collections.abc import Iterable
@@ -27,6 +28,100 @@ UID, GID = "999", "1000"  # the redis user of the official image (and of the lab
 REDIS_ROOT = "/opt/keybuzz/redis"
 REDIS_ENV_FILE = "/etc/keybuzz/redis.env"
 SETTINGS_TOOL = "/usr/local/sbin/keybuzz-redis-settings"
+ACL_FILE = "users.acl"  # in conf/ (Redis, /conf) and sentinel/ (Sentinel, /sentinel): ACL LOAD re-reads it
+
+
+# ---------------------------------------------------------------- who may do what (ACL users)
+
+@dataclass(frozen=True)
+class Login:
+    """What a client authenticates with: an ACL user (None: Redis's `default` user) and its password.
+
+    >>> Login("keybuzz-admin", "s3cret")
+    Login(user='keybuzz-admin', password=***)
+    """
+
+    user: str | None
+    password: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"Login(user={self.user!r}, password=***)"
+
+
+# Each user does one job; the variables are in credentials/redis.env (brick `redis`, §H.3 names).
+#   app          Redis's `default` user = REDIS_PASSWORD: the applications' connection string through
+#                10.0.0.10:6379 stays `redis://:REDIS_PASSWORD@10.0.0.10:6379`. Data commands only: no
+#                @admin / @dangerous (CONFIG, REPLICAOF, FLUSHALL, FLUSHDB, SHUTDOWN, DEBUG, KEYS, MONITOR,
+#                CLIENT KILL, ACL ...), INFO given back (ioredis' ready check, Sidekiq and BullMQ read it).
+#   admin        everything: install-01's deploys and checks, keybuzz-redis-settings on the Redis nodes.
+#   replication  replicas -> master (masteruser/masterauth): PSYNC, REPLCONF, PING.
+#   sentinel     Sentinel -> Redis (what Redis's Sentinel documentation lists) and Sentinel <-> Sentinel.
+#   haproxy      the HAProxy hosts: ROLE on Redis; on Sentinel get-master-addr-by-name and +switch-master.
+ROLES = ("app", "admin", "replication", "sentinel", "haproxy")
+_VARS = {"app": (None, "REDIS_PASSWORD"), "admin": ("REDIS_ADMIN_USER", "REDIS_ADMIN_PASSWORD"),
+         "replication": ("REDIS_REPLICATION_USER", "REDIS_REPLICATION_PASSWORD"),
+         "sentinel": ("REDIS_SENTINEL_USER", "REDIS_SENTINEL_PASSWORD"),
+         "haproxy": ("REDIS_HAPROXY_USER", "REDIS_HAPROXY_PASSWORD")}
+APP_RULES = "~* &* +@all -@dangerous +info"
+_REDIS_RULES = {
+    "admin": "~* &* +@all",
+    "replication": "resetchannels -@all +psync +replconf +ping",
+    "sentinel": "allchannels -@all +multi +slaveof +ping +exec +subscribe +config|rewrite +role +publish +info "
+                "+client|setname +client|kill +script|kill",
+    "haproxy": "resetchannels -@all +role +ping",
+}
+_SENTINEL_RULES = {
+    "admin": "~* &* +@all",
+    "sentinel": "~* &* +@all",  # its peers: hello messages, elections, INFO, failover coordination
+    "haproxy": "resetchannels &+switch-master -@all +ping +subscribe +sentinel|get-master-addr-by-name",
+}
+
+
+def logins(secrets) -> dict[str, Login]:
+    """role -> Login, from the `redis` brick (values may be pyinfra HiddenValue-like: `.unmask()` is used if
+    present).
+
+    >>> logins({"REDIS_PASSWORD": "a", "REDIS_ADMIN_USER": "adm", "REDIS_ADMIN_PASSWORD": "b",
+    ...         "REDIS_REPLICATION_USER": "rep", "REDIS_REPLICATION_PASSWORD": "c", "REDIS_SENTINEL_USER": "sen",
+    ...         "REDIS_SENTINEL_PASSWORD": "d", "REDIS_HAPROXY_USER": "hap", "REDIS_HAPROXY_PASSWORD": "e"})["admin"]
+    Login(user='adm', password=***)
+    """
+    def plain(v) -> str:
+        return v.unmask() if hasattr(v, "unmask") else str(v)
+    return {role: Login(plain(secrets[u]) if u else None, plain(secrets[p])) for role, (u, p) in _VARS.items()}
+
+
+def _acl_line(user: str, password: str, rules: str) -> str:
+    # only the SHA-256 of the password goes into the file (`#<hex>`): the file never holds a password
+    return f"user {user} on #{hashlib.sha256(password.encode()).hexdigest()} {rules}"
+
+
+def render_redis_acl(users: dict[str, Login], app_rules: str = APP_RULES) -> str:
+    """users.acl of every Redis node (loaded at start by `aclfile`, again by ACL LOAD when it changes).
+
+    >>> print(render_redis_acl({"app": Login(None, "a"), "admin": Login("adm", "b"), "replication": Login("rep", "c"),
+    ...                         "sentinel": Login("sen", "d"), "haproxy": Login("hap", "e")}))  # doctest: +ELLIPSIS
+    user default on #ca978112... ~* &* +@all -@dangerous +info
+    user adm on #3e23e816... ~* &* +@all
+    user rep on #2e7d2c03... resetchannels -@all +psync +replconf +ping
+    user sen on #18ac3e73... allchannels -@all +multi +slaveof ... +script|kill
+    user hap on #3f79bb7b... resetchannels -@all +role +ping
+    """
+    lines = [_acl_line("default", users["app"].password, app_rules)]
+    lines += [_acl_line(users[role].user, users[role].password, rules) for role, rules in _REDIS_RULES.items()]
+    return "\n".join(lines) + "\n"
+
+
+def render_sentinel_acl(users: dict[str, Login]) -> str:
+    """users.acl of every Sentinel: the applications' `default` user is off there.
+
+    >>> render_sentinel_acl({"admin": Login("adm", "b"), "sentinel": Login("sen", "d"),
+    ...                      "haproxy": Login("hap", "e")}).splitlines()[0]
+    'user default off'
+    """
+    lines = ["user default off"]
+    lines += [_acl_line(users[role].user, users[role].password, rules) for role, rules in _SENTINEL_RULES.items()]
+    return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True)
@@ -104,17 +199,18 @@ def majority(answers: Iterable[str | None], total: int) -> str | None:
 
 # ---------------------------------------------------------------- rendering
 
-def render_redis_conf(hostname: str, bind: str, password: str, settings: RedisSettings,
+def render_redis_conf(hostname: str, bind: str, replication: Login, settings: RedisSettings,
                       replicaof: str | None) -> str:
-    """Bootstrap redis.conf of one node (`replicaof`: master IP, None for the first master)."""
-    return render("redis/redis.conf.j2", hostname=hostname, bind=bind, password=password,
-                  settings=settings.redis_settings(), replicaof=replicaof)
+    """Bootstrap redis.conf of one node (`replicaof`: master IP, None for the first master); users come from
+    /conf/users.acl."""
+    return render("redis/redis.conf.j2", hostname=hostname, bind=bind, replication=replication,
+                  acl_file=f"/conf/{ACL_FILE}", settings=settings.redis_settings(), replicaof=replicaof)
 
 
-def render_sentinel_conf(hostname: str, bind: str, password: str, settings: RedisSettings, master_ip: str) -> str:
-    """Bootstrap sentinel.conf of one node, monitoring `master_ip`."""
-    return render("redis/sentinel.conf.j2", hostname=hostname, bind=bind, password=password,
-                  master_name=MASTER_NAME, master_ip=master_ip, quorum=QUORUM,
+def render_sentinel_conf(hostname: str, bind: str, sentinel: Login, settings: RedisSettings, master_ip: str) -> str:
+    """Bootstrap sentinel.conf of one node, monitoring `master_ip`; users come from /sentinel/users.acl."""
+    return render("redis/sentinel.conf.j2", hostname=hostname, bind=bind, sentinel=sentinel,
+                  acl_file=f"/sentinel/{ACL_FILE}", master_name=MASTER_NAME, master_ip=master_ip, quorum=QUORUM,
                   sentinel_settings=settings.sentinel_settings())
 
 
@@ -126,11 +222,20 @@ def render_settings_file(settings: RedisSettings) -> str:
     return "# Managed by keybuzz-infra: runtime settings applied by keybuzz-redis-settings\n" + "\n".join(lines) + "\n"
 
 
-def env_file(password: str) -> str:
-    """Content of redis.env on a host (0600 root): the standard variable name of §H.3."""
-    if "'" in password or "\n" in password:
-        raise ValueError("REDIS_PASSWORD must not contain a quote or a newline")
-    return f"REDIS_PASSWORD='{password}'\n"
+def env_file(login: Login, role: str) -> str:
+    """Content of redis.env on a host (0600 root): the ONE login its role uses, as REDIS_<ROLE>_USER/_PASSWORD
+    (§H.3 names) — the Redis nodes get the admin login (keybuzz-redis-settings), the HAProxy hosts theirs.
+
+    >>> env_file(Login("keybuzz-haproxy", "pw"), "haproxy")
+    "REDIS_HAPROXY_USER='keybuzz-haproxy'\\nREDIS_HAPROXY_PASSWORD='pw'\\n"
+    """
+    user_var, password_var = _VARS[role]
+    if not user_var:
+        raise ValueError("no host holds the applications' REDIS_PASSWORD")
+    for value in (login.user or "", login.password):
+        if "'" in value or "\n" in value:
+            raise ValueError(f"{user_var} / {password_var} must not contain a quote or a newline")
+    return f"{user_var}='{login.user}'\n{password_var}='{login.password}'\n"
 
 
 def render_haproxy_block(nodes: list[tuple[str, str]], redis_master: str, **_runtime) -> str:

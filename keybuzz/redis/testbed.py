@@ -36,11 +36,16 @@ from keybuzz.haproxy.settings import RUN_DIR as HAPROXY_RUN_DIR  # noqa: E402
 from keybuzz.lab import images  # noqa: E402
 from keybuzz.redis.client import no_retry_client  # noqa: E402
 from keybuzz.redis.settings import (  # noqa: E402
+    ACL_FILE,
     MASTER_NAME,
+    ROLES,
+    Login,
     RedisSettings,
     env_file,
     majority,
+    render_redis_acl,
     render_redis_conf,
+    render_sentinel_acl,
     render_sentinel_conf,
 )
 from keybuzz.testbed import ContainerTestbed  # noqa: E402
@@ -81,7 +86,10 @@ class Testbed(ContainerTestbed):
         self.settings = settings or RedisSettings(down_after_ms=down_after_ms, failover_timeout_ms=failover_timeout_ms)
         self.watch = watch
         self.timer_s = timer_s
-        self.password = "tb-" + secrets.token_urlsafe(18)
+        # one login per role, as credentials/redis.env has (keybuzz.redis.settings.ROLES)
+        self.logins = {role: Login(None if role == "app" else f"tb-{role}", "tb-" + secrets.token_urlsafe(18))
+                       for role in ROLES}
+        self.admin = self.logins["admin"]
 
     # ------------------------------------------------------------ addresses
     def redis_ip(self, i: int) -> str:
@@ -112,9 +120,12 @@ class Testbed(ContainerTestbed):
             for sub in ("conf", "data", "sentinel"):
                 (node / sub).mkdir(parents=True)
             (node / "conf" / "redis.conf").write_text(render_redis_conf(
-                name, f"{self.redis_ip(i)} 127.0.0.1", self.password, self.settings, None if i == 0 else first))
+                name, f"{self.redis_ip(i)} 127.0.0.1", self.logins["replication"], self.settings,
+                None if i == 0 else first))
+            (node / "conf" / ACL_FILE).write_text(render_redis_acl(self.logins))
             (node / "sentinel" / "sentinel.conf").write_text(render_sentinel_conf(
-                name, f"{self.sentinel_ip(i)} 127.0.0.1", self.password, self.settings, first))
+                name, f"{self.sentinel_ip(i)} 127.0.0.1", self.logins["sentinel"], self.settings, first))
+            (node / "sentinel" / ACL_FILE).write_text(render_sentinel_acl(self.logins))
             for path in node.rglob("*"):
                 os.chown(path, 999, 1000)
                 path.chmod(0o700 if path.is_dir() else 0o600)
@@ -143,7 +154,7 @@ class Testbed(ContainerTestbed):
             LOCK_FILE="/tmp/redis-update-master.lock",
             REDIS_ENV_FILE="/etc/keybuzz/redis.env"))
         env = hp / "etc" / "redis.env"
-        env.write_text(env_file(self.password))
+        env.write_text(env_file(self.logins["haproxy"], "haproxy"))
         env.chmod(0o600)
         for script in ("redis-update-master.sh", "redis-master-watch.sh"):
             shutil.copy(TEMPLATES / script, hp / "bin" / script)
@@ -254,13 +265,14 @@ class Testbed(ContainerTestbed):
                 if len(line.split()) > 1 and line.split()[1] == "worker"]
 
     # ------------------------------------------------------------ Redis clients
-    def redis_client(self, ip: str, port: int = 6379, timeout: float = 1.0) -> redis.Redis:
-        # no automatic retry (redis-py retries 3 times by default): a poll must see each failure at once
-        return no_retry_client(ip, port, self.password, timeout)
+    def redis_client(self, ip: str, port: int = 6379, timeout: float = 1.0, login: Login | None = None) -> redis.Redis:
+        """An admin client (nodes and Sentinels), or `login`'s; no automatic retry (redis-py retries 3 times by
+        default): a poll must see each failure at once."""
+        return no_retry_client(ip, port, login or self.admin, timeout)
 
     def lb_client(self, timeout: float = 1.0) -> redis.Redis:
-        """A client through HAProxy (the load balancer stand-in)."""
-        return self.redis_client(self.haproxy_ip, timeout=timeout)
+        """A client through HAProxy (the load balancer stand-in), logged in as the applications are."""
+        return self.redis_client(self.haproxy_ip, timeout=timeout, login=self.logins["app"])
 
     def role(self, ip: str) -> str | None:
         try:

@@ -22,8 +22,8 @@ SENTINEL_PORT=${SENTINEL_PORT:-26379}
 REDIS_ENV_FILE=${REDIS_ENV_FILE:-/etc/keybuzz/redis.env}
 # shellcheck source=/dev/null
 . "$REDIS_ENV_FILE" || exit 2
-export REDISCLI_AUTH="$REDIS_PASSWORD"
-unset REDIS_PASSWORD
+export REDISCLI_AUTH="$REDIS_HAPROXY_PASSWORD"
+unset REDIS_HAPROXY_PASSWORD
 
 log() {
     if [ -n "${INVOCATION_ID:-}" ]; then echo "redis-master-watch: $*"
@@ -43,7 +43,7 @@ watch_one() {
                 subscribe) "$UPDATE" ;;  # (re)connected: catch up
                 "$MASTER_NAME "*) log "Sentinel $host: +switch-master $line"; "$UPDATE" ;;
             esac
-        done < <(redis-cli --no-auth-warning -h "$host" -p "$port" SUBSCRIBE +switch-master 2>/dev/null)
+        done < <(redis-cli --no-auth-warning --user "$REDIS_HAPROXY_USER" -h "$host" -p "$port" SUBSCRIBE +switch-master 2>/dev/null)
         sleep 1
     done
 }

@@ -20,8 +20,9 @@
 #             4 validation or reload failed (old cfg kept).
 #
 # Settings come from $REDIS_UPDATE_MASTER_CONF (default /etc/keybuzz/redis-update-master.conf, not secret);
-# the Redis password from $REDIS_ENV_FILE (default /etc/keybuzz/redis.env, root 0600). The password reaches
-# redis-cli only through the REDISCLI_AUTH environment variable: never on a command line.
+# the Redis login (REDIS_HAPROXY_USER: ROLE, SENTINEL get-master-addr-by-name, +switch-master, nothing else)
+# from $REDIS_ENV_FILE (default /etc/keybuzz/redis.env, root 0600). The password reaches redis-cli only
+# through the REDISCLI_AUTH environment variable: never on a command line.
 
 set -u -o pipefail
 export LC_ALL=C
@@ -51,9 +52,10 @@ REDIS_ENV_FILE=${REDIS_ENV_FILE:-/etc/keybuzz/redis.env}
 # --- credentials section (design §H.3): the value is never printed ---
 # shellcheck source=/dev/null
 [ -r "$REDIS_ENV_FILE" ] && . "$REDIS_ENV_FILE" || { log "cannot read the Redis credentials file"; exit 2; }
-[ -n "${REDIS_PASSWORD:-}" ] || { log "REDIS_PASSWORD missing in the credentials file"; exit 2; }
-export REDISCLI_AUTH="$REDIS_PASSWORD"
-unset REDIS_PASSWORD
+[ -n "${REDIS_HAPROXY_USER:-}" ] && [ -n "${REDIS_HAPROXY_PASSWORD:-}" ] \
+    || { log "REDIS_HAPROXY_USER / REDIS_HAPROXY_PASSWORD missing in the credentials file"; exit 2; }
+export REDISCLI_AUTH="$REDIS_HAPROXY_PASSWORD"
+unset REDIS_HAPROXY_PASSWORD
 # --- end of credentials section ---
 
 exec 9>>"$LOCK_FILE" || { log "cannot open $LOCK_FILE"; exit 2; }
@@ -79,7 +81,7 @@ known_node() {
 ask_sentinel() {
     local host=${1%:*} port=$SENTINEL_PORT reply
     [[ $1 == *:* ]] && port=${1##*:}
-    reply=$(timeout "$QUERY_TIMEOUT" redis-cli --no-auth-warning -h "$host" -p "$port" --raw \
+    reply=$(timeout "$QUERY_TIMEOUT" redis-cli --no-auth-warning --user "$REDIS_HAPROXY_USER" -h "$host" -p "$port" --raw \
         SENTINEL get-master-addr-by-name "$MASTER_NAME" 2>/dev/null) || return 0
     # a good answer is exactly two lines: the IP and the port
     [ "$(printf '%s\n' "$reply" | wc -l)" -eq 2 ] || return 0
@@ -121,7 +123,7 @@ sentinel_majority() {
 # is_master "ip:port" -> 0 when the node itself says ROLE master.
 is_master() {
     local role
-    role=$(timeout "$QUERY_TIMEOUT" redis-cli --no-auth-warning -h "${1%:*}" -p "${1##*:}" --raw ROLE 2>/dev/null \
+    role=$(timeout "$QUERY_TIMEOUT" redis-cli --no-auth-warning --user "$REDIS_HAPROXY_USER" -h "${1%:*}" -p "${1##*:}" --raw ROLE 2>/dev/null \
         | head -n1 | tr -d '\r')
     [ "$role" = master ]
 }
