@@ -11,8 +11,8 @@ from keybuzz.layers import LAYERS
 def test_invoke_list_shows_one_line_of_help_per_task():
     result = run(["invoke", "--list"])
     assert result.returncode == 0, result.stderr
-    for name in ("layer", "all", "check", "apps", "credentials.init", "versions.check", "lab.up", "lab.down", "lab.status",
-                 "lab.ssh"):
+    for name in ("layer", "all", "check", "apps", "credentials.init", "versions.check", "lab.up", "lab.down",
+                 "lab.status", "lab.ssh"):
         line = next((x for x in result.stdout.splitlines() if x.strip().startswith(name + " ")), "")
         assert len(line.split(None, 1)) == 2, f"{name} has no help line"
 

@@ -14,6 +14,7 @@ addresses are plain environment variables; passwords come only from the app's Se
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from keybuzz.errors import InputError
 from keybuzz.k3s.settings import INGRESS_CLASS
 from keybuzz.versions import check_pin
 
-APPS_FILE = ROOT / "apps.yaml"
+APPS_FILE = ROOT / "apps.yaml"  # $KEYBUZZ_APPS names another (a site's own copy)
 _NAME = re.compile(r"^[a-z]([a-z0-9-]{0,40}[a-z0-9])?$")
 _HOST = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$")
@@ -89,7 +90,7 @@ def _quantities(path, line, name, what, value) -> dict:
 def load_apps(path: str | Path | None = None) -> tuple[list[App], str]:
     """(apps, namespace) from apps.yaml; InputError naming file, line and fix on anything it cannot deploy (an
     empty image of KeyBuzz's own, a floating tag, a missing request, an unknown brick, min > max...)."""
-    path = Path(path) if path else APPS_FILE
+    path = Path(path or os.environ.get("KEYBUZZ_APPS") or APPS_FILE)
     try:
         text = path.read_text(encoding="utf-8")
         root = yaml.compose(text)
