@@ -131,33 +131,35 @@ if IS_MASTER:
 restart_needed = any_changed(*(op for op in (binary, images, registries, token, config, unit) if op is not None))
 systemd.daemon_reload(name="systemd daemon-reload (K3s unit)", _if=any_changed(unit))
 
-# --- start, in the order the cluster needs (pyinfra runs each operation on every host before the next) ---------
+# --- start, in the order the cluster needs ---------------------------------------------------------------------
+# pyinfra orders operations by each host's own sequence (a topological sort), so every phase is an operation of
+# EVERY host, run where `_if` says: a phase only some hosts had would not wait for the phases before it.
 
 was_active = host.get_fact(ServiceActive, service=UNIT)
+starts_now = not was_active
+if starts_now:
+    STARTING.add(NAME)
+is_first = NAME == FIRST
 # `systemctl start` returns when K3s reports ready (Type=notify); bounded, as every wait here
 start = [f"systemctl enable {UNIT}", f"timeout {WAIT} systemctl start {UNIT}"]
-member = "already a member: no new registration" if REGISTERED != "none" else None
-if not was_active:
-    STARTING.add(NAME)
-if NAME == FIRST and not was_active:
-    server.shell(name=f"Start K3s on {NAME} ({member or 'cluster-init: first etcd member'}), wait until Ready",
-                 commands=[*start, f"{NODE_SCRIPT} wait-ready {NAME} {WAIT}"])
-if IS_MASTER and NAME != FIRST and not was_active:
-    server.shell(name=f"Start K3s on {NAME} ({member or f'joins {FIRST}'}), one master at a time, wait until Ready",
-                 commands=[f"{NODE_SCRIPT} wait-api https://{FIRST_IP}:{K.API_PORT} {WAIT}", *start,
-                           f"{NODE_SCRIPT} wait-ready {NAME} {WAIT}"], _serial=True)
-if NAME == FIRST:
-    server.shell(name=f"Wait until the {len(MASTERS)} masters are Ready (before any worker joins)",
-                 commands=[f"{NODE_SCRIPT} wait-nodes node-role.kubernetes.io/control-plane=true {len(MASTERS)} "
-                           f"{WAIT}"],
-                 _if=lambda: bool(STARTING & {name for name, _ in WORKERS}))
-if not IS_MASTER and not was_active:
-    server.shell(name=f"Start the K3s agent on {NAME} ({member or f'joins through {API_URL}'}), wait for its kubelet",
-                 commands=[f"{NODE_SCRIPT} wait-api {API_URL} {WAIT}", *start, f"{NODE_SCRIPT} wait-kubelet {WAIT}"])
-if NAME == FIRST:
-    server.shell(name=f"Wait until all {len(MASTERS) + len(WORKERS)} nodes are Ready",
-                 commands=[f"{NODE_SCRIPT} wait-nodes - {len(MASTERS) + len(WORKERS)} {WAIT}"],
-                 _if=lambda: bool(STARTING))
+server.shell(name=f"K3s phase 1: start {FIRST} (cluster-init: the first etcd member), wait until Ready",
+             commands=[*start, f"{NODE_SCRIPT} wait-ready {NAME} {WAIT}"],
+             _if=lambda: is_first and starts_now)
+server.shell(name=f"K3s phase 2: start the other masters (they join {FIRST}), one at a time, each Ready before "
+                  "the next",
+             commands=[f"{NODE_SCRIPT} wait-api https://{FIRST_IP}:{K.API_PORT} {WAIT}", *start,
+                       f"{NODE_SCRIPT} wait-ready {NAME} {WAIT}"],
+             _if=lambda: IS_MASTER and not is_first and starts_now, _serial=True)
+server.shell(name=f"K3s phase 3: wait until the {len(MASTERS)} masters are Ready (before any worker joins)",
+             commands=[f"{NODE_SCRIPT} wait-nodes node-role.kubernetes.io/control-plane=true {len(MASTERS)} "
+                       f"{WAIT}"],
+             _if=lambda: is_first and bool(STARTING & {name for name, _ in WORKERS}))
+server.shell(name=f"K3s phase 4: start the workers' agents (they join through {API_URL}), wait for their kubelets",
+             commands=[f"{NODE_SCRIPT} wait-api {API_URL} {WAIT}", *start, f"{NODE_SCRIPT} wait-kubelet {WAIT}"],
+             _if=lambda: not IS_MASTER and starts_now)
+server.shell(name=f"K3s phase 5: wait until all {len(MASTERS) + len(WORKERS)} nodes are Ready",
+             commands=[f"{NODE_SCRIPT} wait-nodes - {len(MASTERS) + len(WORKERS)} {WAIT}"],
+             _if=lambda: is_first and bool(STARTING))
 
 # --- a changed file: restart, one node at a time (masters come first in the inventory), each healthy again -----
 
