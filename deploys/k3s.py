@@ -117,8 +117,8 @@ registries = (files.put(name=f"Install {K.REGISTRIES_FILE} (every image through 
                                         present=False))
 token = secret_file(name=f"Install {K.TOKEN_FILE} (K3S_TOKEN; root 0600)", dest=K.TOKEN_FILE,
                     content=HiddenValue(TOKEN.unmask()))
-node = (K.master_config(NAME, ME, IFACE, first=NAME == FIRST, join_ip=FIRST_IP) if IS_MASTER
-        else K.worker_config(NAME, ME, IFACE))
+node = (K.master_config(NAME, ME, IFACE, first=NAME == FIRST, join_ip=FIRST_IP, mirror_only=bool(mirror))
+        if IS_MASTER else K.worker_config(NAME, ME, IFACE, mirror_only=bool(mirror)))
 config = files.put(name=f"Install {K.CONFIG_FILE} (root 0600, no secret)", src=StringIO(K.render_config(node)),
                    dest=K.CONFIG_FILE, user="root", group="root", mode="600")
 unit = files.put(name=f"Install {UNIT}.service (no secret)", src=StringIO(K.render_unit(IS_MASTER)),

@@ -72,6 +72,13 @@ def test_the_token_is_written_only_by_secret_file_and_compared_only_as_a_digest(
             assert isinstance(outer, ast.Call) and outer.func.id == "secret_file", ast.unparse(outer)
 
 
+def test_with_a_mirror_nodes_never_fall_back_to_the_internet():
+    for node in (K.master_config("k3s-master-01", "10.0.0.41", "ens10", True, None, mirror_only=True),
+                 K.worker_config("k3s-worker-01", "10.0.0.51", "ens10", mirror_only=True)):
+        assert _config(node)["disable-default-registry-endpoint"] is True
+    assert "disable-default-registry-endpoint" not in _config(K.worker_config("k3s-worker-01", "10.0.0.51", "ens10"))
+
+
 def test_registries_send_every_image_through_the_mirror():
     plain = yaml.safe_load(K.render_registries("172.30.0.2:5000", ["172.30.0.2:5000"]))
     assert plain == {"mirrors": {"*": {"endpoint": ["http://172.30.0.2:5000"]}}}

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from keybuzz.errors import PinRefused
@@ -191,19 +191,21 @@ class NodeConfig:
     join_url: str | None = None  # None only for the first master
     tls_san: tuple[str, ...] = API_LOAD_BALANCERS
     disable: tuple[str, ...] = DISABLED
-    extra: dict = field(default_factory=dict)
+    mirror_only: bool = False  # a registry mirror is set: never fall back to the images' own registries
 
 
-def master_config(name: str, ip: str, iface: str, first: bool, join_ip: str | None) -> NodeConfig:
+def master_config(name: str, ip: str, iface: str, first: bool, join_ip: str | None,
+                  mirror_only: bool = False) -> NodeConfig:
     """The first master starts the embedded etcd (cluster-init); the others join it on its private address."""
     if first:
-        return NodeConfig(name, ip, iface, server=True, cluster_init=True)
-    return NodeConfig(name, ip, iface, server=True, join_url=f"https://{join_ip}:{API_PORT}")
+        return NodeConfig(name, ip, iface, server=True, cluster_init=True, mirror_only=mirror_only)
+    return NodeConfig(name, ip, iface, server=True, join_url=f"https://{join_ip}:{API_PORT}", mirror_only=mirror_only)
 
 
-def worker_config(name: str, ip: str, iface: str, api: str = API_LOAD_BALANCERS[0]) -> NodeConfig:
+def worker_config(name: str, ip: str, iface: str, api: str = API_LOAD_BALANCERS[0],
+                  mirror_only: bool = False) -> NodeConfig:
     """Workers join through the API load balancer (10.0.0.5)."""
-    return NodeConfig(name, ip, iface, server=False, join_url=f"https://{api}:{API_PORT}")
+    return NodeConfig(name, ip, iface, server=False, join_url=f"https://{api}:{API_PORT}", mirror_only=mirror_only)
 
 
 def render_config(node: NodeConfig) -> str:
