@@ -64,3 +64,23 @@ def test_a_node_registered_with_another_token_is_refused(bed):
         assert bed.token() not in result.output
     finally:
         node(f"rm -rf {K.DATA_DIR} {K.CONFIG_DIR}")
+
+
+def test_a_master_is_checked_against_the_token_k3s_keeps(bed):
+    """A server's own record (server/token: K10<CA hash>::server:<token>) is what decides, not our token file."""
+    master = PREFIX + "k3s-master-02"
+
+    def node(cmd, data=""):
+        subprocess.run(["docker", "exec", "-i", master, "sh", "-c", cmd], input=data, text=True, check=True)
+    node(f"mkdir -p {K.DATA_DIR}/server/db && umask 077 && cat > {K.SERVER_TOKEN}",
+         "K10" + "ab" * 32 + "::server:the-token-of-another-cluster\n")
+    try:
+        result = bed.deploy()
+        assert not result.ok
+        assert "k3s-master-02: already registered in a K3s cluster with another token" in result.output
+        node(f"umask 077 && cat > {K.SERVER_TOKEN}", "K10" + "ab" * 32 + f"::server:{bed.token()}\n")
+        result = bed.deploy(verbose=3)
+        assert result.ok, result.output[-3000:]
+        assert bed.token() not in result.output
+    finally:
+        node(f"rm -rf {K.DATA_DIR}")
