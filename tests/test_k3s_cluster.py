@@ -36,6 +36,16 @@ def test_dry_run_starts_master_01_then_the_other_masters_then_the_workers(bed):
     assert bed.token() not in result.output  # -vvv: facts, commands and file uploads are printed
 
 
+def test_with_a_registry_mirror_every_node_gets_registries_yaml(bed):
+    override = bed.dir / "versions.mirror.yaml"
+    override.write_text('registry_mirror: "mirror.internal:5000"\n')
+    result = bed.deploy(versions_override=str(override))
+    assert result.ok, result.output[-3000:]
+    names = [n for names, _ in bed.plan(result) for n in names]
+    assert f"Install {K.REGISTRIES_FILE} (every image through mirror.internal:5000)" in names
+    assert f"No {K.REGISTRIES_FILE} (no registry mirror)" not in names
+
+
 def test_without_artifacts_and_without_the_dry_mode_preflight_refuses_before_connecting(bed):
     result = bed.deploy(dry_without_artifacts=False)
     assert not result.ok

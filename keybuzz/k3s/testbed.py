@@ -87,8 +87,9 @@ class K3sDryBed(ContainerTestbed):
     def token(self) -> str:
         return credentials.load("k3s", credentials.FileBackend(self.dir / "credentials"))["K3S_TOKEN"].unmask()
 
-    def deploy(self, verbose: int = 0, dry_without_artifacts: bool = True) -> runner.DeployResult:
-        env = dict(self.env)
+    def deploy(self, verbose: int = 0, dry_without_artifacts: bool = True, versions_override: str = ""
+               ) -> runner.DeployResult:
+        env = {**self.env, "KEYBUZZ_VERSIONS": versions_override}
         if not dry_without_artifacts:
             env[K.DRY_WITHOUT_ARTIFACTS_ENV] = ""
         return runner.deploy(LAYERS["k3s"], verbose=verbose, extra=("--dry", "--json"), env=env, timeout=600)
