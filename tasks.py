@@ -4,6 +4,7 @@
     invoke layer --name redis          deploy one layer, then run its checks
     invoke all                         every layer in the design's order, stop at the first failure
     invoke check --name redis          diag (add --failover / --perf)
+    invoke apps [--render DIR]         KeyBuzz's apps on K3s, only when every layer is green (§G)
     invoke versions.check [--lock F]   every pinned image's digest from its registry (or the mirror)
     invoke lab.up / lab.down / lab.status / lab.ssh <host>
 
@@ -110,6 +111,56 @@ def check(c, name, failover=False, perf=False, lab=False):
         raise Exit(code=1)
 
 
+@task(help={"lab": "target the local lab",
+            "render": "write the generated manifests (no secret) into this directory and stop: no gate, no cluster"})
+def apps(c, lab=False, render=None):
+    """KeyBuzz's applications on K3s (apps.yaml, design §E), refused unless every layer's checks are green (§G)."""
+    from pathlib import Path
+
+    from keybuzz.k3s import apps as k3s_apps
+    from keybuzz.k3s import client
+    from keybuzz.servers import load_servers
+
+    _apply_env(lab)
+    try:
+        listed, namespace = k3s_apps.load_apps()
+        plan = load_servers()
+        minio = [s.ip for s in plan.group("minio") if s.ip]
+        docs = k3s_apps.manifests(listed, namespace, minio[0] if minio else None)
+    except InputError as e:
+        raise _fail(str(e)) from None
+    problems = k3s_apps.policy_problems(docs)
+    if problems:
+        raise _fail("apps refused by the policy check (design §E):\n  " + "\n  ".join(problems))
+    if render:
+        out = Path(render)
+        out.mkdir(parents=True, exist_ok=True)
+        for app in listed:
+            mine = [d for source, d in docs if d["metadata"].get("name") == app.name and d["kind"] != "Namespace"]
+            (out / f"{app.name}.yaml").write_text(k3s_apps.to_yaml(mine))
+        print(f"{len(listed)} apps rendered into {out}/ (no Secret: they are created at deploy time)")
+        return
+    results = {layer.name: (runner.run_checks(layer) if layer.exists() else None) for layer in ordered()}
+    for reports in results.values():
+        for report in reports or []:
+            print(report, flush=True)
+    reasons = k3s_apps.apps_gate(results)
+    if reasons:
+        raise _fail("apps refused: the infrastructure is not 100 % green (design §G):\n  " + "\n  ".join(reasons))
+    try:
+        plan.require_addresses(("k3s_masters",))
+        secrets = k3s_apps.secrets(listed, namespace, credentials.load)  # every brick read before any change
+    except InputError as e:
+        raise _fail(str(e)) from None
+    master = plan.group("k3s_masters")[0].ip
+    lines = client.apply(master, k3s_apps.to_yaml([docs[0][1]]))  # the namespace, before what lives in it
+    lines += client.apply(master, k3s_apps.to_yaml(secrets))  # through stdin: never a file, never argv
+    lines += client.apply(master, k3s_apps.to_yaml(d for _, d in docs[1:]))
+    for line in lines:
+        print(line)
+    print(f"==> apps: {len(listed)} apps, {client.changed(lines)} objects created or changed")
+
+
 @task(name="init", help={"dir": "credentials directory (default $KEYBUZZ_CREDENTIALS_DIR or "
                                 f"{credentials.DEFAULT_DIR})"})
 def credentials_init(c, dir=None):
@@ -146,7 +197,7 @@ def versions_check(c, lock=None):
         raise Exit(f"keybuzz: not found or unreachable: {', '.join(missing)}", code=1)
 
 
-ns = Collection(layer, all_layers, check)
+ns = Collection(layer, all_layers, check, apps)
 ns.add_collection(Collection("credentials", credentials_init))
 ns.add_collection(Collection("versions", versions_check))
 try:

@@ -3,7 +3,8 @@
     pyinfra -y inventory.py deploys/base_os.py         # or: invoke layer --name base_os [--lab]
 
 On every host (all roles but install):
-  * Docker Engine from Debian's archive at the version pinned in versions.yaml
+  * Docker Engine from Debian's archive at the version pinned in versions.yaml (not on K3s nodes: K3s brings
+    containerd, and Docker's iptables FORWARD DROP policy would break pod traffic between nodes)
     (`docker_engine_package`), held so that `apt upgrade` does not move it; services run as
     containers (§B, §F) under systemd units (keybuzz/ops.py).
   * /etc/docker/daemon.json: the private registry / mirror settings of versions.yaml
@@ -16,7 +17,8 @@ On every host (all roles but install):
   * /opt/keybuzz/<service> directories of the host's role (root, 0755: the service layer protects
     what is below, e.g. data 0750 and secrets 0600/0400, and manages the same mode on it).
   * a host firewall (nftables, its own table): the role's service ports (OPEN_PORTS of each layer's
-    settings) and SSH from the private network, SSH from $KEYBUZZ_ADMIN_NETWORKS, nothing else inbound.
+    settings) and SSH from the private network, everything from the role's TRUSTED_NETWORKS (K3s pods and
+    services), SSH from $KEYBUZZ_ADMIN_NETWORKS, nothing else inbound.
   * /etc/hosts block naming every host of servers.tsv, plus minio-0N.keybuzz.io and s3.keybuzz.io
     (-> minio-01) from design §B.
 A second run changes nothing.
@@ -37,10 +39,12 @@ from keybuzz.base_os.settings import (
     FIREWALL_FILE,
     HOSTS_BEGIN,
     HOSTS_END,
+    NO_DOCKER_ROLES,
     SYSCTL_FILE,
     SYSCTLS,
     admin_networks,
     open_ports,
+    trusted_networks,
 )
 from keybuzz.context import layer_context
 from keybuzz.layers import data_dirs
@@ -110,30 +114,34 @@ def apply_sysctls(path: str, wanted: dict):
 
 # --- Docker Engine -----------------------------------------------------------------------------------
 
-files.directory(name="Create /etc/docker", path="/etc/docker", user="root", group="root", mode="755")
-# Written before the package is installed, so that the first dockerd already starts with it.
-daemon_json = template("base_os/daemon.json.j2", "/etc/docker/daemon.json",
-                       insecure_registries=ctx.versions["insecure_registries"],
-                       registry_mirror=ctx.versions["registry_mirror"] or "")
-
-PACKAGES = [ctx.versions["docker_engine_package"], "ca-certificates", "systemd-timesyncd", "procps", "nftables"]
+ROLE = host.data.get("role")
+WITH_DOCKER = ROLE not in NO_DOCKER_ROLES  # K3s nodes: K3s brings containerd (keybuzz/base_os/settings.py)
+PACKAGES = ["ca-certificates", "systemd-timesyncd", "procps", "nftables"]
+if WITH_DOCKER:
+    files.directory(name="Create /etc/docker", path="/etc/docker", user="root", group="root", mode="755")
+    # Written before the package is installed, so that the first dockerd already starts with it.
+    daemon_json = template("base_os/daemon.json.j2", "/etc/docker/daemon.json",
+                           insecure_registries=ctx.versions["insecure_registries"],
+                           registry_mirror=ctx.versions["registry_mirror"] or "")
+    PACKAGES = [ctx.versions["docker_engine_package"], *PACKAGES]
 
 
 apt_packages(PACKAGES, "CA certificates, time sync, procps, nftables (and the pinned Docker Engine)",
              no_recommends=True)
-# The apt preferences pin keeps Docker within versions.yaml's pin while taking its security rebuilds; a hold
-# (what earlier versions of this layer set) would block those.
-if "docker.io" in (host.get_fact(Command, command="apt-mark showhold") or "").split():
-    server.shell(name="Release the old hold on docker.io (the apt preferences pin replaces it)",
-                 commands=["apt-mark unhold docker.io"])
+if WITH_DOCKER:
+    # The apt preferences pin keeps Docker within versions.yaml's pin while taking its security rebuilds; a hold
+    # (what earlier versions of this layer set) would block those.
+    if "docker.io" in (host.get_fact(Command, command="apt-mark showhold") or "").split():
+        server.shell(name="Release the old hold on docker.io (the apt preferences pin replaces it)",
+                     commands=["apt-mark unhold docker.io"])
 
-systemd.service(name="Enable and start Docker", service="docker.service", running=True, enabled=True)
-server.shell(
-    name="Restart Docker (daemon.json changed)",
-    commands=["systemctl restart docker.service"],
-    _if=any_changed(daemon_json),
-    _serial=True,  # every service runs under dockerd: one host at a time, never the whole cluster at once
-)
+    systemd.service(name="Enable and start Docker", service="docker.service", running=True, enabled=True)
+    server.shell(
+        name="Restart Docker (daemon.json changed)",
+        commands=["systemctl restart docker.service"],
+        _if=any_changed(daemon_json),
+        _serial=True,  # every service runs under dockerd: one host at a time, never the whole cluster at once
+    )
 
 # --- time sync -----------------------------------------------------------------------------------------
 
@@ -152,7 +160,6 @@ apply_sysctls(name="Apply kernel settings", path=SYSCTL_FILE, wanted=SYSCTLS)
 
 # --- host firewall (nftables, table inet keybuzz: the role's ports from the private network only) -------------
 
-ROLE = host.data.get("role")
 TCP_PORTS, UDP_PORTS = open_ports(ROLE)
 try:
     ADMIN_NETWORKS = admin_networks(os.environ.get("KEYBUZZ_ADMIN_NETWORKS"))
@@ -163,7 +170,8 @@ firewall = validated_file(
     name=f"Install {FIREWALL_FILE} (checked with nft -c before it replaces the old one)",
     dest=FIREWALL_FILE, check="nft -c -f",
     content=render("base_os/firewall.nft.j2", hostname=host.name, role=ROLE, private_network=ctx.private_network,
-                   admin_networks=ADMIN_NETWORKS, tcp_ports=TCP_PORTS, udp_ports=UDP_PORTS),
+                   admin_networks=ADMIN_NETWORKS, tcp_ports=TCP_PORTS, udp_ports=UDP_PORTS,
+                   trusted_networks=trusted_networks(ROLE)),
 )
 firewall_unit = template("base_os/keybuzz-firewall.service", "/etc/systemd/system/keybuzz-firewall.service")
 # loaded at boot by its unit; a changed rule set is applied now (a restart of the oneshot unit loads the file)

@@ -76,6 +76,7 @@ def deploy(layer: Layer, progress: Callable[[str], None] | None = None, verbose:
     `progress`, if given, receives pyinfra's lines as they come (long steps stay visible); `env` is added to
     the current environment (the lab's inventory settings).
     """
+    extra = tuple(extra)
     cmd = [pyinfra_command(), "-y", *(["-" + "v" * verbose] if verbose else []), *extra, "inventory.py", layer.deploy]
     start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
@@ -95,7 +96,8 @@ def deploy(layer: Layer, progress: Callable[[str], None] | None = None, verbose:
         watchdog.cancel()
     output = "".join(lines)
     changes = parse_changes(output)
-    ok = rc == 0 and changes is not None
+    # `--dry` stops before running anything: no results table, success is pyinfra's exit code alone
+    ok = rc == 0 and (changes is not None or "--dry" in extra)
     return DeployResult(ok, changes if changes is not None else -1, output, time.monotonic() - start)
 
 

@@ -30,7 +30,7 @@ def test_design_pins_verbatim_and_everything_else_pinned():
     v = load_versions(override="")
     for key, value in DESIGN_PINS.items():
         assert v[key] == value
-    for key in ("etcd_image", "pgbouncer_image", "k3s_version", "ingress_nginx_image", "docker_engine_package"):
+    for key in ("etcd_image", "pgbouncer_image", "k3s_version", "nginx_ingress_image", "docker_engine_package"):
         assert v[key] and LATEST not in v[key]
 
 
@@ -144,7 +144,7 @@ def _with(tmp_path, key, value):
     ("haproxy_image", "haproxy:stable"), ("haproxy_image", "haproxy:lts"), ("haproxy_image", "haproxy:edge"),
     ("redis_image", "redis:7.2.5-stable"), ("postgres_image", "postgres:16-alpine"), ("redis_image", "redis:7"),
     ("etcd_image", "quay.io/coreos/etcd:v3.5"), ("k3s_version", "v1.30"), ("k3s_version", "stable"),
-    ("ingress_nginx_chart", "4.11"),
+    ("nginx_ingress_image", "nginx/nginx-ingress:5.2"),
 ])
 def test_floating_tag_is_refused(tmp_path, key, value):
     path, line = _with(tmp_path, key, f'"{value}"')

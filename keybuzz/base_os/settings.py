@@ -9,6 +9,9 @@ HOSTS_BEGIN = "# BEGIN KEYBUZZ HOSTS"
 HOSTS_END = "# END KEYBUZZ HOSTS"
 
 FIREWALL_FILE = "/etc/keybuzz/firewall.nft"
+# Roles without Docker Engine: K3s brings its own containerd, and dockerd sets the iptables FORWARD policy to DROP,
+# which drops pod traffic between K3s nodes (the K3s layer refuses a node where Docker runs).
+NO_DOCKER_ROLES = ("k3s_masters", "k3s_workers")
 SSH_PORT = 22
 
 
@@ -35,6 +38,26 @@ def open_ports(role: str) -> tuple[list[str], list[str]]:
             if port not in bucket:
                 bucket.append(port)
     return tcp, udp
+
+
+def trusted_networks(role: str) -> list[str]:
+    """Networks whose traffic the firewall of `role` accepts on every port: `TRUSTED_NETWORKS` of each layer that
+    deploys to the role (K3s: its pod and service networks, which reach the node's kubelet, API and DNS).
+
+    >>> trusted_networks("k3s_workers"), trusted_networks("redis")
+    (['10.42.0.0/16', '10.43.0.0/16'], [])
+    """
+    import importlib
+
+    from keybuzz import ROOT
+    from keybuzz.layers import LAYERS
+
+    out: list[str] = []
+    for layer in LAYERS.values():
+        if role in layer.roles and (ROOT / "keybuzz" / layer.name / "settings.py").is_file():
+            settings = importlib.import_module(f"keybuzz.{layer.name}.settings")
+            out += [n for n in getattr(settings, "TRUSTED_NETWORKS", ()) if n not in out]
+    return out
 
 
 def admin_networks(value: str | None) -> list[str]:

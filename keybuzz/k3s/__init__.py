@@ -1,0 +1,1 @@
+"""K3s layer (design §E): settings, apps, checks."""
