@@ -1,0 +1,163 @@
+"""MinIO layer on real containers, without MinIO (no registry this project reaches ships it):
+
+* the S3 side of keybuzz.minio.client / check against an S3 PROTOCOL STAND-IN (Debian's moto server,
+  lab/images/s3-standin; keybuzz/minio/testbed.py S3StandIn), never called MinIO: put/get/delete, the apps'
+  buckets created idempotently, the failover probe through a paused server, the bounded perf loop, and a dead
+  endpoint reported red;
+* deploys/minio.py with pyinfra --dry through the real inventory, preflight and strict-host-key SSH against three
+  fresh Debian hosts (the lab's host image, FreshHosts) that have no MinIO, no Docker, nothing: the planned
+  operations, no secret at -vvv, nothing changed on the hosts; a host whose names resolve elsewhere is refused.
+
+Containers are named keybuzz-minio-test-*, on 192.168.210.0/24 only.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from helpers import ROOT, run
+from keybuzz import credentials
+from keybuzz.checks import Report
+from keybuzz.minio.check import Probe, check_nodes, check_round_trip, perf_at
+from keybuzz.minio.client import bootstrap_needed, ensure_buckets, round_trip, s3
+from keybuzz.minio.settings import CHECK_BUCKET, load_apps
+from keybuzz.minio.testbed import FreshHosts, S3StandIn
+
+
+@pytest.fixture(scope="module")
+def standin():
+    with S3StandIn() as tb:
+        yield tb
+
+
+def _client(tb, timeout=5.0):
+    return s3(tb.endpoint, tb.access_key, tb.secret_key, timeout=timeout)
+
+
+def test_round_trip_puts_gets_and_deletes_through_the_s3_protocol(standin):
+    result = round_trip(_client(standin), CHECK_BUCKET, size=256 * 1024)
+    assert result.ok, result.detail
+    client = _client(standin)
+    assert client.bucket_exists(CHECK_BUCKET)
+    assert [o.object_name for o in client.list_objects(CHECK_BUCKET, recursive=True)] == []  # nothing left behind
+    report = Report("t")
+    assert check_round_trip(report, standin.endpoint, (standin.access_key, standin.secret_key)) and report.ok
+
+
+def test_apps_buckets_are_created_once(standin):
+    apps = load_apps()
+    client = _client(standin)
+    assert ensure_buckets(client, apps.buckets) == list(apps.buckets)
+    assert ensure_buckets(client, apps.buckets) == []  # idempotent: the second run creates nothing
+    assert set(apps.buckets) <= {b.name for b in client.list_buckets()}
+
+
+def test_probe_sees_an_outage_and_the_recovery(standin):
+    probe = Probe(_client(standin, timeout=1.5), CHECK_BUCKET, interval=0.1).start()
+    time.sleep(1.5)
+    before = probe.result.ok
+    standin.pause()
+    try:
+        time.sleep(3)
+        during_failed = probe.result.failed
+    finally:
+        standin.unpause()
+    time.sleep(2)
+    result = probe.stop()
+    assert before > 0 and during_failed > 0, result
+    assert result.ok > before  # recovered after the pause
+    assert result.max_gap >= 2.5, result  # the outage shows as a gap without a successful write+read
+
+
+def test_perf_is_bounded_and_reads_back_what_it_wrote(standin):
+    began = time.monotonic()
+    report = perf_at(standin.endpoint, (standin.access_key, standin.secret_key), objects=12, size=512 * 1024,
+                     seconds=60)
+    assert report.ok, str(report)
+    assert report.metrics["put_mb_s"] > 0 and report.metrics["get_mb_s"] > 0
+    assert time.monotonic() - began < 90
+
+
+def test_a_dead_endpoint_is_red_never_a_crash(standin):
+    standin.pause()
+    try:
+        report = Report("t")
+        assert not check_round_trip(report, standin.endpoint, (standin.access_key, standin.secret_key))
+        assert not report.ok and "failed" in report.lines[0]
+    finally:
+        standin.unpause()
+    # the stand-in has no /minio/health/* (it is not MinIO): the node check reports it as not live
+    report = Report("t")
+    assert check_nodes(report, [("s3-standin", standin.address)]) == 0 and not report.ok
+
+
+def test_bootstrap_ask_on_a_host_without_minio_is_fast_and_plans_everything():
+    """What the deploy asks at evaluation time (also under --dry) when no MinIO answers yet."""
+    apps = load_apps()
+    keys = {v: "keybuzz-x" if "ACCESS" in v else "y" * 12 for u in apps.users
+            for v in (u.access_key_var, u.secret_key_var)}
+    began = time.monotonic()
+    actions = bootstrap_needed("127.0.0.1:9", ("rootuser", "rootpassword"), apps, keys)
+    assert time.monotonic() - began < 10
+    assert ("make-bucket", apps.buckets[0]) in actions and any(a[0] == "add-user" for a in actions)
+
+
+# --- deploys/minio.py --dry against fresh hosts -----------------------------------------------------------------
+
+PLANNED = [
+    "Install /opt/keybuzz/minio/minio.env",
+    "Install /opt/keybuzz/minio/secrets/minio_root_user",
+    "Install /opt/keybuzz/minio/secrets/minio_root_password",
+    "Install minio.service",
+    "Enable and start minio (a first install starts the three nodes together)",
+    "Wait until this node is live and the cluster has its write quorum",
+    "Create the apps' buckets, policies and users",
+]
+
+
+@pytest.fixture(scope="module")
+def hosts(standin):
+    with FreshHosts(share_with=standin) as tb:  # the stand-in's bridge: this layer has one /24
+        yield tb
+
+
+def _secrets(tb) -> list[str]:
+    values = credentials.parse_env(tb.dir / "credentials" / "minio.env")
+    return [v for v, _ in values.values()]
+
+
+def test_dry_run_plans_the_install_prints_no_secret_and_changes_nothing(hosts):
+    result = run(["pyinfra", "--dry", "-vvv", "inventory.py", "deploys/minio.py"], env=hosts.env, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "--> Detected changes:" in output
+    for operation in PLANNED:
+        assert operation in output, operation
+    for value in _secrets(hosts):
+        assert value not in output
+    for name, _ in hosts.nodes():
+        code, _ = hosts.exec(name, "test -e /opt/keybuzz/minio || test -e /etc/systemd/system/minio.service")
+        assert code != 0, f"--dry changed {name}"
+
+
+def test_a_host_resolving_a_name_elsewhere_is_refused_with_the_fix(hosts):
+    name = "minio-02"
+    elsewhere, right = hosts.ip(99), dict(hosts.nodes())["minio-03"]
+    hosts.exec(name, "cp /etc/hosts /tmp/hosts.keybuzz && sed 's/^.*[[:space:]]minio-03[.]keybuzz[.]io$/"
+                     f"{elsewhere} minio-03.keybuzz.io/' /tmp/hosts.keybuzz > /etc/hosts")
+    try:
+        code, text = hosts.exec(name, "getent ahostsv4 minio-03.keybuzz.io")
+        assert text.split()[0] == elsewhere
+        result = run(["pyinfra", "--dry", "inventory.py", "deploys/minio.py"], env=hosts.env, timeout=300)
+        output = result.stdout + result.stderr
+        assert result.returncode != 0
+        assert f"minio-02 resolves minio-03.keybuzz.io -> {elsewhere} (servers.tsv: {right})" in output
+        assert "run the base_os layer" in output and "Traceback" not in output
+    finally:
+        hosts.exec(name, "cat /tmp/hosts.keybuzz > /etc/hosts")
+
+
+def test_the_deploy_file_is_the_one_the_docs_name():
+    assert (ROOT / "deploys" / "minio.py").is_file()
