@@ -161,3 +161,68 @@ def test_a_host_resolving_a_name_elsewhere_is_refused_with_the_fix(hosts):
 
 def test_the_deploy_file_is_the_one_the_docs_name():
     assert (ROOT / "deploys" / "minio.py").is_file()
+
+
+# --- the container plumbing of the rendered unit, with real Docker (the process is `sleep`, not MinIO) ----------
+
+def test_docker_hands_the_container_the_designs_volumes_and_the_secret_files_never_the_secrets(tmp_path):
+    """The minio unit's own `docker run` arguments (host network, --env-file, the read-only secrets mount,
+    --add-host), paths moved under tmp_path, image and command replaced by a base image running `sleep`: Docker
+    itself parses the env file and mounts the files. Nothing listens, nothing is sent anywhere."""
+    import shlex
+    import subprocess
+
+    from keybuzz.lab import images
+    from keybuzz.minio import settings as S
+    from keybuzz.render import render
+    from keybuzz.servers import load_servers
+
+    nodes = [(s.name, s.ip) for s in load_servers(ROOT / "servers.tsv").group("minio")]
+    credentials.init(tmp_path / "credentials", bricks=["minio"])
+    values = {k: v for k, (v, _) in credentials.parse_env(tmp_path / "credentials" / "minio.env").items()}
+    paths = {S.ENV_FILE: str(tmp_path / "minio.env"), S.SECRETS_DIR: str(tmp_path / "secrets"),
+             S.DATA_DIR: str(tmp_path / "data")}
+    (tmp_path / "minio.env").write_text(S.render_env_file([n for n, _ in nodes]))
+    (tmp_path / "secrets").mkdir(mode=0o700)
+    (tmp_path / "data").mkdir(mode=0o700)
+    for var, name in S.ROOT_FILES.items():
+        (tmp_path / "secrets" / name).write_text(values[var])
+        (tmp_path / "secrets" / name).chmod(0o600)
+    unit = render("common/container.service.j2", name=S.SERVICE, image="IMAGE", command=S.server_command(),
+                  run_args=S.run_args(nodes), reload=None, description="d", stop_timeout=30)
+    argv = shlex.split(next(x for x in unit.splitlines() if x.startswith("ExecStart="))[len("ExecStart="):])
+    name = "keybuzz-minio-test-plumbing"
+
+    def moved(arg: str) -> str:  # the deploy's paths -> tmp_path (a mount keeps its `:/inside[:ro]` part)
+        for old, new in paths.items():
+            if arg == old or arg.startswith(old + ":"):
+                return new + arg[len(old):]
+        return arg
+
+    argv = [moved(a) for a in argv[:argv.index("IMAGE")]]
+    assert all(p not in " ".join(argv) for p in paths)
+    argv[argv.index("--name") + 1] = name
+    argv.insert(2, "-d")
+    subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+    subprocess.run([*argv, images.build("base-trixie", progress=lambda m: None), "sleep", "120"], check=True,
+                   capture_output=True)
+    try:
+        def inside(cmd):
+            return subprocess.run(["docker", "exec", name, "sh", "-c", cmd], capture_output=True, text=True,
+                                  check=True).stdout
+        environ = dict(x.split("=", 1) for x in inside("cat /proc/1/environ | tr '\\0' '\\n'").splitlines() if "=" in x)
+        assert environ["MINIO_VOLUMES"] == S.minio_volumes(["minio-01", "minio-02", "minio-03"])
+        assert environ["MINIO_VOLUMES"].encode() == (b"http://minio-01.keybuzz.io/data http://minio-02.keybuzz.io/data"
+                                                     b" http://minio-03.keybuzz.io/data")
+        for var, file_name in S.ROOT_FILES.items():  # what MinIO's *_FILE loading reads
+            assert environ[f"{var}_FILE"] == f"/run/secrets/{file_name}"
+            assert inside(f"cat /run/secrets/{file_name}") == values[var]
+        assert "ro" in inside("grep ' /run/secrets ' /proc/mounts").split()[3].split(",")
+        for host_name, ip in S.dns_names(nodes).items():  # --add-host works with --network host
+            assert inside(f"getent ahostsv4 {host_name}").split()[0] == ip
+        inspect = subprocess.run(["docker", "inspect", name], capture_output=True, text=True, check=True).stdout
+        for value in values.values():
+            assert value not in inspect
+        assert '"NetworkMode": "host"' in inspect
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)

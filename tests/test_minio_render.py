@@ -91,7 +91,7 @@ def test_unit_runs_host_network_names_console_and_restarts_always():
     hosts = [argv[i + 1] for i, a in enumerate(argv) if a == "--add-host"]
     assert hosts == ["minio-01.keybuzz.io:10.0.0.134", "minio-02.keybuzz.io:10.0.0.131",
                      "minio-03.keybuzz.io:10.0.0.132", "s3.keybuzz.io:10.0.0.134"]
-    assert argv[-4:] == ["server", "--address", ":9000", "--console-address", ":9001"][-4:]
+    assert argv[-5:] == ["server", "--address", ":9000", "--console-address", ":9001"]
     assert f"{S.DATA_DIR}:/data" in argv
     assert "Restart=always" in unit
     assert S.OPEN_PORTS == ("tcp/9000", "tcp/9001")

@@ -209,7 +209,7 @@ def preflight_servers(plan, network: str | None = None) -> None:
     want = design_nodes(network)
     want_text = ", ".join(f"{n} {ip}" for n, ip in want)
     for server in group:
-        if server.name.startswith("k3s-worker") or server.name in {s.name for s in plan.group("k3s_workers")}:
+        if server.name.startswith("k3s-worker"):
             raise InputError(plan.path, server.line, f"{server.name} is a K3s worker and cannot be in the minio "
                              f"group (design §B: k3s-worker-05 stays in k3s_workers); the minio lines must be "
                              f"{want_text}")
