@@ -16,10 +16,11 @@ Before anything changes, each node must resolve the design's names to servers.ts
 
 Activation: a first install starts the three nodes together (a lone node waits for its peers) and waits until
 the cluster has its write quorum. A changed definition (image, arguments, env file) restarts one node at a time,
-each only after the cluster was healthy and until it is healthy again; changed root credentials restart the three
-together (MinIO's nodes authenticate each other with them). A service that was not running is started, never
-restarted. Then, from install-01 through MinIO's admin API, the apps' buckets, policies and users
-(templates/minio/buckets.yaml, keys from minio.env) are created where missing. A second run changes nothing.
+minio-01 (s3.keybuzz.io) last, each only after the cluster was healthy and until it is healthy again; changed
+root credentials restart the three together (MinIO's nodes authenticate each other with them). A service that
+was not running is started, never restarted. Then, from install-01 through MinIO's admin API, the apps' buckets,
+policies and users (templates/minio/buckets.yaml, keys from minio.env) are created where missing. A second run
+changes nothing.
 """
 
 from collections import Counter
@@ -112,12 +113,15 @@ systemd.daemon_reload(name="systemd daemon-reload (minio)", _if=definition_chang
 # pyinfra runs one operation on every host before the next: the three nodes start together
 systemd.service(name="Enable and start minio (a first install starts the three nodes together)", service=SERVICE,
                 running=True, enabled=True)
-server.shell(
-    name="Restart minio, one node at a time (its definition changed): only once the cluster is healthy, then wait "
-         "until it is healthy again",
-    commands=[f"{NODE_SCRIPT} wait-healthy {ME} 60", "systemctl restart minio", WAIT_HEALTHY],
-    _if=lambda: was_running and definition_changed() and not credentials_changed(), _serial=True,
-)
+# minio-01 last: s3.keybuzz.io names it, so the apps' entry point goes down once, after the others are back
+for entry_turn in (False, True):
+    if (host.name == HOSTS[0]) == entry_turn:
+        server.shell(
+            name=f"Restart minio, one node at a time{' (minio-01, s3.keybuzz.io, last)' if entry_turn else ''}: "
+                 "its definition changed; only once the cluster is healthy, then wait until it is healthy again",
+            commands=[f"{NODE_SCRIPT} wait-healthy {ME} 60", "systemctl restart minio", WAIT_HEALTHY],
+            _if=lambda: was_running and definition_changed() and not credentials_changed(), _serial=True,
+        )
 server.shell(
     name="Restart minio on the three nodes together (the root credentials changed: the nodes authenticate each "
          "other with them, so old and new cannot run side by side)",
