@@ -16,19 +16,21 @@ Before anything changes, each node must resolve the design's names to servers.ts
 
 Activation: a first install starts the three nodes together (a lone node waits for its peers) and waits until
 the cluster has its write quorum. A changed definition (image, arguments, env file) restarts one node at a time,
-minio-01 (s3.keybuzz.io) last, each only after the cluster was healthy and until it is healthy again; changed
-root credentials restart the three together (MinIO's nodes authenticate each other with them). A service that
-was not running is started, never restarted. Then, from install-01 through MinIO's admin API, the apps' buckets,
-policies and users (templates/minio/buckets.yaml, keys from minio.env) are created where missing. A second run
-changes nothing.
+minio-01 (s3.keybuzz.io) last, each only after the cluster was healthy and until it is healthy again. Root
+credentials that differ from the node's are refused: a rotation is a manual procedure (the three nodes
+authenticate each other with them). A service that was not running is started, never restarted. Then, from
+install-01 through MinIO's admin API, the apps' buckets, policies and users (templates/minio/buckets.yaml, keys
+from minio.env) are created where missing. A second run changes nothing.
 """
 
+import hashlib
 from collections import Counter
 from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import FactBase, HiddenValue
 from pyinfra.api.exceptions import DeployError
+from pyinfra.facts.files import Sha256File
 from pyinfra.operations import files, python, server, systemd
 from pyinfra.operations.util import any_changed
 
@@ -86,6 +88,16 @@ if wrong:
     raise DeployError(f"{host.name} resolves {'; '.join(wrong)}: run the base_os layer (its /etc/hosts block names "
                       "them) or fix the DNS zone (README, MinIO) before deploying")
 
+# Root credentials differing from those on the node: a rotation, which the three nodes must make together (they
+# authenticate each other with them) and which MinIO's release notes may constrain: a manual procedure, never a
+# side effect of a deploy. (The fact prints a sha256, as secret_file's does, never the value.)
+rotated = [var for var, name in ROOT_FILES.items()
+           if host.get_fact(Sha256File, path=f"{SECRETS_DIR}/{name}")
+           not in (None, hashlib.sha256(creds[var].unmask().encode()).hexdigest())]
+if rotated:
+    raise DeployError(f"{host.name}: {', '.join(rotated)} in minio.env differ from the node's: rotating MinIO's root "
+                      "credentials is a manual procedure (README, MinIO); put the old values back to deploy")
+
 # --- directories and files -------------------------------------------------------------------------------------
 
 files.directory(name=f"Create {BASE_DIR}", path=BASE_DIR, user="root", group="root", mode="755")
@@ -93,9 +105,9 @@ files.directory(name=f"Create {DATA_DIR} (the node's drive, root 0700)", path=DA
                 mode="700")
 files.directory(name=f"Create {SECRETS_DIR} (root 0700, mounted read-only on /run/secrets)", path=SECRETS_DIR,
                 user="root", group="root", mode="700")
-secret_ops = [secret_file(name=f"Install {SECRETS_DIR}/{name} ({var}, root 0600)", dest=f"{SECRETS_DIR}/{name}",
-                          content=HiddenValue(creds[var].unmask()))
-              for var, name in ROOT_FILES.items()]
+for var, name in ROOT_FILES.items():  # new files only (a differing one is refused above): no restart needed
+    secret_file(name=f"Install {SECRETS_DIR}/{name} ({var}, root 0600)", dest=f"{SECRETS_DIR}/{name}",
+                content=HiddenValue(creds[var].unmask()))
 env_file = files.put(name=f"Install {ENV_FILE} (MINIO_VOLUMES and the secret files' names; no secret, root 0600)",
                      src=StringIO(render_env_file(HOSTS)), dest=ENV_FILE, user="root", group="root", mode="600")
 template("minio/keybuzz-minio", NODE_SCRIPT, mode="755")
@@ -106,7 +118,6 @@ unit = container_unit(SERVICE, ctx.image("minio_image"), command=server_command(
                       description="KeyBuzz MinIO (distributed, minio-01..03)")
 was_running = host.get_fact(ServiceActive, service=SERVICE)
 definition_changed = any_changed(env_file, *unit)
-credentials_changed = any_changed(*secret_ops)
 WAIT_HEALTHY = f"{NODE_SCRIPT} wait-healthy {ME} {WAIT_SECONDS}"
 
 systemd.daemon_reload(name="systemd daemon-reload (minio)", _if=definition_changed)
@@ -120,16 +131,10 @@ for entry_turn in (False, True):
             name=f"Restart minio, one node at a time{' (minio-01, s3.keybuzz.io, last)' if entry_turn else ''}: "
                  "its definition changed; only once the cluster is healthy, then wait until it is healthy again",
             commands=[f"{NODE_SCRIPT} wait-healthy {ME} 60", "systemctl restart minio", WAIT_HEALTHY],
-            _if=lambda: was_running and definition_changed() and not credentials_changed(), _serial=True,
+            _if=lambda: was_running and definition_changed(), _serial=True,
         )
-server.shell(
-    name="Restart minio on the three nodes together (the root credentials changed: the nodes authenticate each "
-         "other with them, so old and new cannot run side by side)",
-    commands=["systemctl restart minio"],
-    _if=lambda: was_running and credentials_changed(),
-)
-server.shell(name="Wait until this node is live and the cluster has its write quorum", commands=[WAIT_HEALTHY],
-             _if=lambda: not was_running or credentials_changed())
+if not was_running:
+    server.shell(name="Wait until this node is live and the cluster has its write quorum", commands=[WAIT_HEALTHY])
 
 # --- the apps' buckets, policies and users (once, from install-01, MinIO's admin API) ----------------------------
 

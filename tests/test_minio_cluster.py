@@ -159,6 +159,22 @@ def test_a_host_resolving_a_name_elsewhere_is_refused_with_the_fix(hosts):
         hosts.exec(name, "cat /tmp/hosts.keybuzz > /etc/hosts")
 
 
+def test_root_credentials_differing_from_the_nodes_are_refused_never_rotated_by_a_deploy(hosts):
+    name = "minio-03"
+    hosts.exec(name, "mkdir -p -m 700 /opt/keybuzz/minio/secrets && printf other-root-user > "
+                     "/opt/keybuzz/minio/secrets/minio_root_user")
+    try:
+        result = run(["pyinfra", "--dry", "-vvv", "inventory.py", "deploys/minio.py"], env=hosts.env, timeout=300)
+        output = result.stdout + result.stderr
+        assert result.returncode != 0
+        assert ("minio-03: MINIO_ROOT_USER in minio.env differ from the node's: rotating MinIO's root credentials is a "
+                "manual procedure") in output and "Traceback" not in output
+        for value in _secrets(hosts):
+            assert value not in output
+    finally:
+        hosts.exec(name, "rm -rf /opt/keybuzz")
+
+
 def test_the_deploy_file_is_the_one_the_docs_name():
     assert (ROOT / "deploys" / "minio.py").is_file()
 
