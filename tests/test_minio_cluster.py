@@ -242,3 +242,31 @@ def test_docker_hands_the_container_the_designs_volumes_and_the_secret_files_nev
         assert '"NetworkMode": "host"' in inspect
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+
+def test_diag_end_to_end_against_the_stand_in_is_red_where_minio_is_missing_green_for_s3(standin, tmp_path,
+                                                                                         monkeypatch):
+    """The whole diag against a plan whose minio-01 is the stand-in (minio-02/03: addresses where nothing runs):
+    the S3 round trip is green; liveness, quorum and the admin API — MinIO's own — are red, and nothing crashes."""
+    from helpers import write_tsv
+    from keybuzz.checks import Target
+    from keybuzz.minio.check import diag
+    from keybuzz.servers import load_servers
+
+    tsv = write_tsv(tmp_path / "servers.tsv", [("minio-01", standin.address, "minio"),
+                                               ("minio-02", standin.ip(11), "minio"),
+                                               ("minio-03", standin.ip(12), "minio")])
+    creds = tmp_path / "credentials"
+    creds.mkdir(mode=0o700)
+    (creds / "minio.env").write_text(f"MINIO_ROOT_USER={standin.access_key}\nMINIO_ROOT_PASSWORD={standin.secret_key}\n"
+                                     "MINIO_APP_ACCESS_KEY=keybuzz-app\nMINIO_APP_SECRET_KEY=abcdefgh\n"
+                                     "MINIO_BACKUP_ACCESS_KEY=keybuzz-backup\nMINIO_BACKUP_SECRET_KEY=abcdefgh\n")
+    (creds / "minio.env").chmod(0o600)
+    monkeypatch.setenv("KEYBUZZ_CREDENTIALS_DIR", str(creds))
+    report = diag(Target(load_servers(tsv, network=f"{standin.prefix}.0/24"), lb=""))
+    text = str(report)
+    assert not report.ok
+    assert f"  put/get/delete 65536 bytes through http://{standin.address}:9000 (keybuzz-check)" in text, text
+    assert f"! minio-01 {standin.address}:9000 live:" in text and "! minio-02" in text
+    assert "! cluster write quorum" in text and "! admin info" in text
+    assert standin.secret_key not in text
