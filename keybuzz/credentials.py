@@ -66,7 +66,13 @@ BRICKS: dict[str, dict[str, object]] = {
         "REDIS_HAPROXY_USER": "keybuzz-haproxy", "REDIS_HAPROXY_PASSWORD": _random,
     },
     "rabbitmq": {"RABBITMQ_USER": "keybuzz", "RABBITMQ_PASSWORD": _random, "RABBITMQ_ERLANG_COOKIE": _random},
-    "minio": {"MINIO_ROOT_USER": "keybuzz-admin", "MINIO_ROOT_PASSWORD": _random},
+    "minio": {
+        "MINIO_ROOT_USER": "keybuzz-admin", "MINIO_ROOT_PASSWORD": _random,
+        # the apps' MinIO users (templates/minio/buckets.yaml names them by these variables); used from install-01
+        # only, through MinIO's admin API: never sent to the MinIO nodes
+        "MINIO_APP_ACCESS_KEY": "keybuzz-app", "MINIO_APP_SECRET_KEY": _random,
+        "MINIO_BACKUP_ACCESS_KEY": "keybuzz-backup", "MINIO_BACKUP_SECRET_KEY": _random,
+    },
     "mariadb": {
         "MARIADB_ROOT_PASSWORD": _random, "MARIADB_APP_USER": "erpnext", "MARIADB_APP_PASSWORD": _random,
         # Galera state transfer (mariabackup SST needs a database user) and ProxySQL's health monitor
@@ -244,6 +250,10 @@ VALUE_RULES: dict[str, tuple[Callable[[str], tuple[str, str] | None], ...]] = {
     "PATRONI_API_PASS": (_token("Patroni's REST API basic auth (patroni.yml, the HAProxy checks)"),),
     "MINIO_ROOT_USER": (_name("MinIO's env file"), _length(low=3, who="MinIO's minimum")),
     "MINIO_ROOT_PASSWORD": (_token("MinIO's env file"), _length(low=8, who="MinIO's minimum")),
+    "MINIO_APP_ACCESS_KEY": (_name("MinIO's IAM user name"), _length(low=3, who="MinIO's minimum")),
+    "MINIO_APP_SECRET_KEY": (_token("MinIO's IAM secret key"), _length(low=8, who="MinIO's minimum")),
+    "MINIO_BACKUP_ACCESS_KEY": (_name("MinIO's IAM user name"), _length(low=3, who="MinIO's minimum")),
+    "MINIO_BACKUP_SECRET_KEY": (_token("MinIO's IAM secret key"), _length(low=8, who="MinIO's minimum")),
     "MARIADB_ROOT_PASSWORD": (_token("MariaDB's option files"),),
     "MARIADB_APP_USER": (_name("MariaDB's grants"),),
     "MARIADB_APP_PASSWORD": (_token("MariaDB's option files"),),

@@ -41,7 +41,8 @@ def preflight(layers, plan=None) -> None:
     """Everything a run of `layers` needs, checked before any connection: raises InputError.
 
     A layer may refuse pins it cannot deploy: keybuzz/<layer>/settings.py `preflight(versions)` raising
-    PinRefused, reported at the line of versions.yaml (or of the override file) that pins the key.
+    PinRefused, reported at the line of versions.yaml (or of the override file) that pins the key; and hosts
+    it cannot deploy to: `preflight_servers(plan)` raising InputError (servers.tsv, line, fix).
     Last, SSH trust: the known_hosts file must hold a key of every host the layers deploy to (keybuzz.ssh).
     """
     plan = plan or load_servers()
@@ -57,6 +58,8 @@ def preflight(layers, plan=None) -> None:
                 getattr(settings, "preflight", lambda _versions: None)(versions)
             except PinRefused as e:
                 raise InputError(*pin_location(e.key), e.reason) from None
+            # a layer may refuse a group the design fixes (raises InputError naming servers.tsv and the line)
+            getattr(settings, "preflight_servers", lambda _plan: None)(plan)
     contacted = {s.name: s.ip for layer in layers for s in plan.servers if s.role in layer.roles and s.ip}
     if contacted:
         ssh.require_known_hosts(contacted.items())

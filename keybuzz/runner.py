@@ -72,12 +72,17 @@ def pyinfra_command() -> str:
 def deploy(layer: Layer, progress: Callable[[str], None] | None = None, verbose: int = 0,
            extra: Iterable[str] = (), env: Mapping[str, str] | None = None, timeout: float = 1200) -> DeployResult:
     """`pyinfra -y inventory.py deploys/<layer>.py` from the repository root; bounded by `timeout` seconds.
+    With `--dry` in `extra`: no `-y`, so that pyinfra prints the planned operations (no "Results" table: changes -1).
 
     `progress`, if given, receives pyinfra's lines as they come (long steps stay visible); `env` is added to
     the current environment (the lab's inventory settings).
     """
+    # `-y` would skip pyinfra's change detection; with `--dry` that detection is the whole point: pyinfra 3.10 then
+    # gathers every operation's facts, prints "Detected changes" (the planned operations) and exits unexecuted
     extra = tuple(extra)
-    cmd = [pyinfra_command(), "-y", *(["-" + "v" * verbose] if verbose else []), *extra, "inventory.py", layer.deploy]
+    confirm = [] if "--dry" in extra else ["-y"]
+    cmd = [pyinfra_command(), *confirm, *(["-" + "v" * verbose] if verbose else []), *extra, "inventory.py",
+           layer.deploy]
     start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -96,8 +101,7 @@ def deploy(layer: Layer, progress: Callable[[str], None] | None = None, verbose:
         watchdog.cancel()
     output = "".join(lines)
     changes = parse_changes(output)
-    # `--dry` stops before running anything: no results table, success is pyinfra's exit code alone
-    ok = rc == 0 and (changes is not None or "--dry" in extra)
+    ok = rc == 0 and (changes is not None or not confirm)  # a dry run has no Results table
     return DeployResult(ok, changes if changes is not None else -1, output, time.monotonic() - start)
 
 

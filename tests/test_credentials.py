@@ -186,6 +186,11 @@ def test_a_line_that_is_not_an_assignment_is_refused(creds_dir):
     assert credentials.load("redis")["REDIS_PASSWORD"].unmask() == "abcdefgh"
 
 
+# the minio brick's application users (templates/minio/buckets.yaml), valid: the cases below break another variable
+_MINIO_APPS = ("MINIO_APP_ACCESS_KEY=keybuzz-app\nMINIO_APP_SECRET_KEY=abcdefgh\n"
+               "MINIO_BACKUP_ACCESS_KEY=keybuzz-backup\nMINIO_BACKUP_SECRET_KEY=abcdefgh\n")
+
+
 @pytest.mark.parametrize("brick, text, line, variable, reason", [
     ("redis", "REDIS_PASSWORD='a b c d e f'\n", 1, "REDIS_PASSWORD", "redis.conf"),
     ("redis", "REDIS_PASSWORD='ab\"cdefg'\n", 1, "REDIS_PASSWORD", "a quote"),
@@ -202,8 +207,12 @@ def test_a_line_that_is_not_an_assignment_is_refused(creds_dir):
     ("postgres", "POSTGRES_SUPERUSER=postgres\nPOSTGRES_SUPERPASS='with space'\nPOSTGRES_APP_USER=keybuzz\n"
      "POSTGRES_APP_PASS=abcdefgh\nPOSTGRES_REPLICATION_USER=replicator\nPOSTGRES_REPLICATION_PASS=abcdefgh\n"
      "PATRONI_API_USER=patroni\nPATRONI_API_PASS=abcdefgh\n", 2, "POSTGRES_SUPERPASS", "whitespace"),
-    ("minio", "MINIO_ROOT_USER=ab\nMINIO_ROOT_PASSWORD=abcdefgh\n", 1, "MINIO_ROOT_USER", "at least 3"),
-    ("minio", "MINIO_ROOT_USER=admin\nMINIO_ROOT_PASSWORD=abcdefg\n", 2, "MINIO_ROOT_PASSWORD", "at least 8"),
+    ("minio", "MINIO_ROOT_USER=ab\nMINIO_ROOT_PASSWORD=abcdefgh\n" + _MINIO_APPS, 1, "MINIO_ROOT_USER", "at least 3"),
+    ("minio", "MINIO_ROOT_USER=admin\nMINIO_ROOT_PASSWORD=abcdefg\n" + _MINIO_APPS, 2, "MINIO_ROOT_PASSWORD",
+     "at least 8"),
+    ("minio", "MINIO_ROOT_USER=admin\nMINIO_ROOT_PASSWORD=abcdefgh\nMINIO_APP_ACCESS_KEY=ap\n"
+     "MINIO_APP_SECRET_KEY=abcdefgh\nMINIO_BACKUP_ACCESS_KEY=keybuzz-backup\nMINIO_BACKUP_SECRET_KEY=abcdefgh\n", 3,
+     "MINIO_APP_ACCESS_KEY", "at least 3"),
     ("proxysql", "PROXYSQL_ADMIN_USER=admin\nPROXYSQL_ADMIN_PASSWORD=abc:defgh\n", 2, "PROXYSQL_ADMIN_PASSWORD",
      "`:`"),
 ])
