@@ -14,7 +14,8 @@ from keybuzz.k3s.testbed import K3sDryBed
 
 @pytest.fixture(scope="module")
 def dry_run(lab, tmp_path_factory):
-    env = {K.DRY_WITHOUT_ARTIFACTS_ENV: "1", K.ARTIFACTS_ENV: str(tmp_path_factory.mktemp("no-k3s-artifacts"))}
+    # KEYBUZZ_K3S_DRY_WITHOUT_ARTIFACTS=1 comes from lab/lab.yaml (dry_only: k3s: env)
+    env = {K.ARTIFACTS_ENV: str(tmp_path_factory.mktemp("no-k3s-artifacts"))}
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
             mp.setenv(key, value)
@@ -38,9 +39,14 @@ def test_dry_run_prints_no_secret_at_vvv(lab, dry_run):
 
 
 def test_real_run_without_artifacts_is_refused_before_any_host_is_contacted(lab, tmp_path):
-    with pytest.MonkeyPatch.context() as mp:
+    from keybuzz import runner
+    from keybuzz.layers import LAYERS
+
+    with pytest.raises(lab.LabError, match="--dry only"):  # the lab itself never runs it for real
+        lab.deploy("k3s")
+    with pytest.MonkeyPatch.context() as mp:  # and the layer's own preflight refuses it anyway
         mp.setenv(K.ARTIFACTS_ENV, str(tmp_path))
         mp.delenv(K.DRY_WITHOUT_ARTIFACTS_ENV, raising=False)
-        result = lab.deploy("k3s")
+        result = runner.deploy(LAYERS["k3s"], env=lab.env(), timeout=300)
     assert not result.ok
     assert f"{K.SUMS_ASSET} is missing; download" in result.output and "Connecting" not in result.output

@@ -112,7 +112,8 @@ REGISTRY = f"{REGISTRY_IP}:5000"
 LOAD_BALANCERS = _DATA["load_balancers"]
 LB_IP = LOAD_BALANCERS[0]["address"]  # the stand-in for 10.0.0.10, where checks send client traffic
 LB_PORTS: dict[int, str] = LOAD_BALANCERS[0]["ports"]
-DRY_ONLY: dict[str, str] = _DATA.get("dry_only") or {}  # layer -> why the lab can only run it with --dry
+# layer -> {why: the reason the lab can only run it with --dry, env: what its dry run needs (optional)}
+DRY_ONLY: dict[str, dict] = _DATA.get("dry_only") or {}
 TOPOLOGY: tuple[LabHost, ...] = topology(_DATA)
 REGISTRY_CONTAINER = f"{PREFIX}registry"
 LB_CONTAINER = f"{PREFIX}lb"
@@ -440,10 +441,13 @@ def deploy(layer_name: str, progress: Callable[[str], None] | None = None, verbo
     layer = LAYERS.get(layer_name)
     if layer is None or not layer.exists():
         raise LabError(f"layer {layer_name!r} has no deploy file (deploys/{layer_name}.py)")
-    if layer_name in DRY_ONLY and "--dry" not in extra:
-        raise LabError(f"{PLAN_FILE}: layer {layer_name} runs in the lab with --dry only "
-                       f"({DRY_ONLY[layer_name]})")
-    return runner.deploy(layer, progress, verbose, extra, env(), timeout)
+    environ = env()
+    if layer_name in DRY_ONLY:
+        if "--dry" not in extra:
+            raise LabError(f"{PLAN_FILE}: layer {layer_name} runs in the lab with --dry only "
+                           f"({DRY_ONLY[layer_name]['why']})")
+        environ |= {k: str(v) for k, v in (DRY_ONLY[layer_name].get("env") or {}).items()}
+    return runner.deploy(layer, progress, verbose, extra, environ, timeout)
 
 
 def run_checks(layer: Layer) -> tuple[bool | None, str]:
@@ -531,7 +535,7 @@ def deploy_layers(names: list[str] | None = None, progress: Callable[[str], None
             continue
         dry = layer.name in DRY_ONLY
         progress(f"deploying layer {layer.name} ({layer.help})"
-                 + (f" with --dry only: {DRY_ONLY[layer.name]}" if dry else ""))
+                 + (f" with --dry only: {DRY_ONLY[layer.name]['why']}" if dry else ""))
         result = deploy(layer.name, _deploy_progress(progress), extra=("--dry",) if dry else ())
         rows.append(LayerRow(layer.name, result.ok, result.changes, None, result.seconds, result.output, dry))
         if not result.ok:
