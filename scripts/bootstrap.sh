@@ -16,12 +16,23 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
 fi
 
+# Every lab host is a container booting systemd, and each systemd takes inotify instances (the kernel's
+# default of 128 per user runs out at about 15 such containers: their sshd never starts). Raise, never lower.
+for limit in fs.inotify.max_user_instances=8192 fs.inotify.max_user_watches=1048576; do
+  key=${limit%%=*} want=${limit#*=}
+  if [ "$(sysctl -n "$key")" -lt "$want" ]; then
+    step "sysctl $limit (systemd in many lab containers)"
+    sysctl -qw "$limit"
+  fi
+done
+
 if ! docker info >/dev/null 2>&1; then
   step "starting dockerd"
   if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     systemctl start docker
   else
-    nohup dockerd >/var/log/keybuzz-dockerd.log 2>&1 &
+    # its own session: it must outlive the shell (and the process group) that started it
+    setsid nohup dockerd >>/var/log/keybuzz-dockerd.log 2>&1 </dev/null &
   fi
   for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
   docker info >/dev/null 2>&1 || { echo "dockerd did not start: see /var/log/keybuzz-dockerd.log" >&2; exit 1; }

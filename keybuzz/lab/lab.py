@@ -52,7 +52,7 @@ PLAN_FILE = ROOT / "lab" / "lab.yaml"
 PREFIX = "keybuzz-lab-"
 LABEL = "keybuzz.lab=1"  # on every container and network the lab creates: down() removes exactly these
 NETWORK = f"{PREFIX}net"
-SSH_WAIT_SECONDS = 120
+SSH_WAIT_SECONDS = 300  # 22 hosts booting systemd at once on 2 cores
 CHECK_RETRIES, CHECK_RETRY_SECONDS = 3, 10  # a red check is retried, bounded to 30 s
 
 
