@@ -1,0 +1,273 @@
+"""A throw-away MariaDB Galera cluster in containers (testcontainers): maria-01..03 on a private Docker bridge
+(192.168.230.0/24), each started from the project's own rendered files (templates/mariadb: my.cnf, sst-auth.cnf,
+users.sql, new-cluster.cnf) with the deploy's run arguments (settings.mysqld_run_args: the image's entrypoint
+bypassed), and driven by the layer's bootstrap decision (keybuzz.mariadb.galera.decide) exactly as the deploy
+applies it: read every node's grastate.dat, recover positions with `mysqld --wsrep-recover` when needed,
+bootstrap the chosen node through bootstrap.d/new-cluster.cnf, apply users.sql over the socket, start the others.
+
+What it does not run: systemd and the node script keybuzz-mariadb (the lab tests do, over SSH).
+
+Example::
+
+    with Testbed() as tb:
+        tb.converge()                 # first install: maria-01 bootstraps, the others join (SST)
+        tb.kill_all(); tb.converge()  # full outage, then recovery by the layer's logic
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from docker.types import EndpointConfig
+from testcontainers.core.container import DockerContainer
+
+from keybuzz import ROOT
+from keybuzz.lab import images
+from keybuzz.mariadb import galera
+from keybuzz.mariadb.client import node_status
+from keybuzz.mariadb.settings import (
+    DEFAULT,
+    Accounts,
+    install_db_args,
+    mysqld_command,
+    render_my_cnf,
+    render_sst_auth,
+    render_users_sql,
+)
+from keybuzz.testbed import ContainerTestbed
+from keybuzz.waiting import wait_for  # noqa: F401 - re-exported for the tests
+
+NAMES = ("maria-01", "maria-02", "maria-03")
+PREFIX = "keybuzz-mariadb-test-"
+
+
+class Testbed(ContainerTestbed):
+    SUBNET_OCTETS = range(230, 231)  # this layer's testbed range (192.168.230.0/24)
+
+    def __init__(self):
+        super().__init__(PREFIX)
+        self.accounts = Accounts(*(("tb-" + secrets.token_urlsafe(12)) if i % 2 == 0 else name
+                                   for i, name in enumerate(("", "erpnext", "", "mariabackup", "",
+                                                             "proxysql_monitor", ""))))
+        self.image = ""
+        self.log: list[str] = []  # what converge() did, for the tests' messages
+
+    # ------------------------------------------------------------ layout
+    def node_ip(self, i: int) -> str:
+        return self.ip(11 + i)
+
+    def settings(self, i: int):
+        # small memory footprint on a shared 2-core machine; everything else as in production
+        return replace(DEFAULT, base_dir=str(self.dir / NAMES[i]), innodb_buffer_pool_size="64M",
+                       gcache_size="64M", wait_seconds=240)
+
+    @property
+    def network_cidr(self) -> str:
+        return f"{self.prefix}.0/24"
+
+    def start(self) -> None:
+        self.image = images.build("mariadb-galera", progress=lambda m: None)
+        self.create_network()
+        users = self.dir / "secrets" / "users.sql"
+        users.parent.mkdir(mode=0o700)
+        users.write_text(render_users_sql(self.accounts, self.network_cidr))
+        users.chmod(0o600)
+        peers = [self.node_ip(i) for i in range(len(NAMES))]
+        for i, name in enumerate(NAMES):
+            s = self.settings(i)
+            Path(s.base_dir).mkdir()
+            (Path(s.conf_dir) / "bootstrap.d").mkdir(parents=True)
+            (Path(s.conf_dir) / "my.cnf").write_text(render_my_cnf(name, self.node_ip(i), peers, s))
+            sst = Path(s.conf_dir) / "sst-auth.cnf"
+            sst.write_text(render_sst_auth(self.accounts.sst_user, self.accounts.sst_password))
+            os.chown(sst, s.uid, 0)
+            sst.chmod(0o600)
+            Path(s.data_dir).mkdir()
+            os.chown(s.data_dir, s.uid, 0)
+            Path(s.data_dir).chmod(0o700)
+
+    # ------------------------------------------------------------ one node
+    def container_name(self, i: int) -> str:
+        return f"{PREFIX}{NAMES[i]}"
+
+    def _create(self, i: int) -> None:
+        s = self.settings(i)
+        c = (DockerContainer(self.image).with_name(self.container_name(i))
+             .with_command(mysqld_command(s))
+             .with_volume_mapping(s.data_dir, s.container_data, "rw")
+             .with_volume_mapping(s.conf_dir, s.container_conf_dir, "ro"))
+        assert self.network is not None
+        c = c.with_kwargs(network=self.network.name, user=f"{s.uid}:0", entrypoint=[s.mysqld], hostname=NAMES[i],
+                          networking_config={self.network.name: EndpointConfig("1.41",
+                                                                               ipv4_address=self.node_ip(i))})
+        c.start()
+        self.containers[NAMES[i]] = c
+
+    def running(self, i: int) -> bool:
+        if NAMES[i] not in self.containers:
+            return False
+        wrapped = self.docker(NAMES[i])
+        wrapped.reload()
+        return wrapped.status == "running"
+
+    def start_node(self, i: int) -> None:
+        """Start node i's server (same container and arguments after a kill: `docker start`)."""
+        if NAMES[i] not in self.containers:
+            self._create(i)
+        elif not self.running(i):
+            self.docker(NAMES[i]).start()
+
+    def kill(self, i: int) -> None:
+        """SIGKILL node i's server: a power cut for its data (nothing flushed beyond what InnoDB synced)."""
+        self.docker(NAMES[i]).kill()
+
+    def kill_all(self) -> None:
+        for i in range(len(NAMES)):
+            if self.running(i):
+                self.kill(i)
+
+    def logs(self, i: int, tail: int = 60) -> str:
+        out = subprocess.run(["docker", "logs", "--tail", str(tail), self.container_name(i)], capture_output=True,
+                             text=True, timeout=30)
+        return out.stdout + out.stderr
+
+    def root_sql(self, i: int, sql: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """SQL as root@localhost over the socket inside node i (unix_socket authentication), SQL on stdin."""
+        s = self.settings(i)
+        return subprocess.run(["docker", "exec", "-i", "-u", "0", self.container_name(i), s.mysql,
+                               f"--defaults-file={s.container_conf_dir}/my.cnf", "-N", "-B"], input=sql,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def status(self, i: int) -> dict[str, str] | None:
+        """wsrep status of node i over TCP (the monitor user, as ProxySQL's monitor reads it)."""
+        if not self.running(i):
+            return None
+        return node_status(self.node_ip(i), self.accounts.monitor_user, self.accounts.monitor_password,
+                           timeout=2) or self._status_over_socket(i)
+
+    def _status_over_socket(self, i: int) -> dict[str, str] | None:
+        # before users.sql ran (first bootstrap) the monitor user does not exist yet
+        out = self.root_sql(i, "SHOW GLOBAL STATUS LIKE 'wsrep%';", timeout=20)
+        if out.returncode != 0:
+            return None
+        return dict(line.split("\t", 1) for line in out.stdout.splitlines() if "\t" in line)
+
+    def node_state(self, i: int) -> galera.NodeState:
+        """What the deploy's `keybuzz-mariadb state` reports for node i, read the same way."""
+        s = self.settings(i)
+        grastate_path = Path(s.grastate)
+        grastate = galera.parse_grastate(grastate_path.read_text()) if grastate_path.exists() else None
+        st = self.status(i) or {}
+        return galera.NodeState(
+            NAMES[i], running=self.running(i), cluster_status=st.get("wsrep_cluster_status", ""),
+            local_state=st.get("wsrep_local_state_comment", ""), cluster_size=int(st.get("wsrep_cluster_size") or 0),
+            cluster_uuid=st.get("wsrep_cluster_state_uuid", ""), grastate=grastate)
+
+    def recover(self, i: int) -> galera.Position | None:
+        """`mysqld --wsrep-recover` on node i's data (server stopped): the last committed position in InnoDB."""
+        s = self.settings(i)
+        args = ["docker", "run", "--rm", "--network", "none", "--user", f"{s.uid}:0", "--entrypoint", s.mysqld,
+                "-v", f"{s.data_dir}:{s.container_data}", "-v", f"{s.conf_dir}:{s.container_conf_dir}:ro",
+                self.image, mysqld_command(s), "--wsrep-recover"]
+        out = subprocess.run(args, capture_output=True, text=True, timeout=300)
+        return galera.parse_recovered(out.stdout + out.stderr)
+
+    def _install_db(self, i: int) -> None:
+        s = self.settings(i)
+        run_args, command = install_db_args(s)
+        out = subprocess.run(["docker", "run", "--rm", "--network", "none", *run_args, self.image, *command],
+                             capture_output=True, text=True, timeout=300)
+        if out.returncode != 0:
+            raise RuntimeError(f"mysql_install_db failed on {NAMES[i]}: {out.stderr[-1500:]}")
+
+    def bootstrap(self, i: int) -> None:
+        """Start a new cluster from node i (as `keybuzz-mariadb bootstrap`): data initialised when empty,
+        safe_to_bootstrap: 1, the transient new-cluster.cnf, wait for Primary, remove new-cluster.cnf."""
+        s = self.settings(i)
+        if not (Path(s.data_dir) / "mysql").is_dir():
+            self._install_db(i)
+        grastate = Path(s.grastate)
+        if grastate.exists():
+            grastate.write_text(grastate.read_text().replace("safe_to_bootstrap: 0", "safe_to_bootstrap: 1"))
+        flag = Path(s.conf_dir) / "bootstrap.d" / "new-cluster.cnf"
+        shutil.copy(ROOT / "templates" / "mariadb" / "new-cluster.cnf", flag)
+        try:
+            self.start_node(i)
+            self.wait_node(i, lambda st: st.get("wsrep_cluster_status") == "Primary"
+                           and st.get("wsrep_local_state_comment") == "Synced", s.wait_seconds, "Primary")
+        finally:
+            flag.unlink(missing_ok=True)
+
+    def wait_node(self, i: int, ok, seconds: float, what: str) -> dict:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if not self.running(i):
+                raise RuntimeError(f"{NAMES[i]} exited while waiting for {what}:\n{self.logs(i)}")
+            st = self.status(i)
+            if st and ok(st):
+                return st
+            time.sleep(1)
+        raise TimeoutError(f"{NAMES[i]} not {what} after {seconds:.0f}s:\n{self.logs(i)}")
+
+    def apply_users(self, i: int) -> None:
+        out = self.root_sql(i, (self.dir / "secrets" / "users.sql").read_text())
+        if out.returncode != 0:
+            raise RuntimeError(f"users.sql failed on {NAMES[i]}: {out.stderr[-1000:]}")
+
+    # ------------------------------------------------------------ the layer's logic
+    def states(self) -> list[galera.NodeState]:
+        return [self.node_state(i) for i in range(len(NAMES))]
+
+    def converge(self) -> list[str]:
+        """Bring every node into one Primary cluster by the layer's decision (as the deploy does); returns
+        what it did, e.g. ['recover maria-01, maria-02, maria-03', 'bootstrap maria-02', 'start maria-01', ...];
+        [] when there was nothing to do."""
+        done: list[str] = []
+        states = self.states()
+        decision = galera.decide(states)
+        if decision.action == "recover":
+            # a server running without a Primary component holds its files: stop it first
+            for i, st in enumerate(states):
+                if st.running and not st.primary:
+                    self.docker(NAMES[i]).stop(timeout=30)
+            recovered = {name: self.recover(NAMES.index(name)) for name in decision.nodes}
+            states = [replace(st, running=False, recovered=recovered.get(st.name)) if not st.primary else st
+                      for st in self.states()]
+            done.append(f"recover {', '.join(f'{k}={v.seqno if v else None}' for k, v in recovered.items())}")
+            decision = galera.decide(states)
+        if decision.action == "refuse":
+            raise RuntimeError(f"the layer refuses: {decision.reason}")
+        if decision.action == "bootstrap":
+            chosen = NAMES.index(decision.nodes[0])
+            for i, st in enumerate(states):
+                if st.running and not st.primary:
+                    self.docker(NAMES[i]).stop(timeout=30)
+            self.bootstrap(chosen)
+            self.apply_users(chosen)
+            done.append(f"bootstrap {NAMES[chosen]}")
+            decision = galera.decide(self.states())
+        if decision.action == "start":
+            for name in decision.nodes:  # one at a time: one SST/IST donor load at a time
+                i = NAMES.index(name)
+                self.start_node(i)
+                self.wait_synced(i)
+                done.append(f"start {name}")
+        self.log.extend(done)
+        return done
+
+    def wait_synced(self, i: int, seconds: float = 300) -> dict:
+        return self.wait_node(i, lambda st: st.get("wsrep_cluster_status") == "Primary"
+                              and st.get("wsrep_local_state_comment") == "Synced", seconds, "Synced")
+
+    def wait_cluster(self, size: int = 3, seconds: float = 300) -> None:
+        deadline = time.monotonic() + seconds
+        for i in range(len(NAMES)):
+            self.wait_node(i, lambda st: st.get("wsrep_cluster_size") == str(size)
+                           and st.get("wsrep_local_state_comment") == "Synced",
+                           max(5.0, deadline - time.monotonic()), f"Synced in a cluster of {size}")
