@@ -15,7 +15,7 @@ from pathlib import Path
 import pymysql
 import pytest
 
-from keybuzz.mariadb import galera
+from keybuzz.mariadb import check, galera
 from keybuzz.mariadb.client import Writer, connect, count, ensure_table
 from keybuzz.mariadb.testbed import NAMES, Testbed, wait_for
 
@@ -31,6 +31,30 @@ def tb():
 def _app(tb: Testbed, i: int):
     a = tb.accounts
     return connect(tb.node_ip(i), a.app_user, a.app_password, database=a.app_user)
+
+
+class _Secret(str):
+    def unmask(self) -> str:
+        return str(self)
+
+
+class _Plan:
+    """servers.tsv's view the checks read (group -> name, ip), pointing at the testbed's containers."""
+
+    def __init__(self, tb: Testbed):
+        self.servers = [type("Server", (), {"name": n, "ip": tb.node_ip(i)}) for i, n in enumerate(NAMES)]
+
+    def group(self, role: str):
+        assert role == "mariadb"
+        return self.servers
+
+
+def _target(tb: Testbed):
+    a = tb.accounts
+    creds = {"MARIADB_APP_USER": a.app_user, "MARIADB_APP_PASSWORD": a.app_password,
+             "MARIADB_MONITOR_USER": a.monitor_user, "MARIADB_MONITOR_PASSWORD": a.monitor_password}
+    return type("T", (), {"plan": _Plan(tb), "lb": "", "secrets": lambda self, brick: {
+        k: _Secret(v) for k, v in creds.items()}})()
 
 
 def _writer(tb: Testbed, tag: str, hosts: list[int]) -> Writer:
@@ -87,6 +111,16 @@ def test_a_second_run_decides_nothing(tb):
     assert tb.converge() == []
 
 
+def test_diag_and_perf_checks_on_the_running_cluster(tb):
+    report = check.diag(_target(tb))
+    assert report.ok, str(report)
+    text = str(report)
+    assert text.count("Primary Synced size=3 seqno=") == 3 and "NOT seen" not in text
+    perf = check.perf(_target(tb))
+    assert perf.ok, str(perf)
+    assert all(v > 0 for v in perf.metrics.values()) and len(perf.metrics) == 6
+
+
 def test_node_killed_while_writing_loses_no_commit_and_rejoins(tb):
     writer = _writer(tb, "kill", [0, 1, 2]).start()
     time.sleep(3)
@@ -97,6 +131,8 @@ def test_node_killed_while_writing_loses_no_commit_and_rejoins(tb):
     time.sleep(2)
     writer.stop()
     assert len(writer.acked) > 50, f"only {len(writer.acked)} writes acknowledged"
+    diag = check.diag(_target(tb))
+    assert not diag.ok and "maria-02 192.168." in str(diag) and "unreachable" in str(diag)
     assert galera.decide(tb.states()) == galera.Decision("start", ("maria-02",), "maria-02 joins the Primary cluster")
     assert tb.converge() == ["start maria-02"]
     tb.wait_cluster(3)

@@ -51,6 +51,7 @@ class NodeState:
     cluster_uuid: str = ""
     grastate: Grastate | None = None  # None: no grastate.dat (never started)
     recovered: Position | None = None  # from --wsrep-recover, when asked
+    last_committed: int | None = None  # wsrep_last_committed of a running node (answers without a Primary too)
 
     @property
     def primary(self) -> bool:
@@ -72,6 +73,9 @@ class NodeState:
         assert self.grastate is not None
         if self.grastate.seqno >= 0:
             return Position(self.grastate.uuid, self.grastate.seqno)
+        if self.running and self.last_committed is not None and self.last_committed >= 0:
+            # a server left running without a Primary component (e.g. restarted by systemd after a power cut)
+            return Position(self.grastate.uuid, self.last_committed)
         return self.recovered
 
 
@@ -187,3 +191,32 @@ def decide(nodes: Sequence[NodeState]) -> Decision:
     chosen = next((n for n in candidates if n.grastate and n.grastate.safe_to_bootstrap), candidates[0])
     summary = ", ".join(f"{k}: {p.seqno}" for k, p in positions.items() if p)
     return Decision("bootstrap", (chosen.name,), f"most advanced node: {chosen.name} at seqno {best} ({summary})")
+
+
+def parse_node_state(name: str, lines: Sequence[str]) -> NodeState:
+    """NodeState from `keybuzz-mariadb state` (key=value lines; the deploy's fact).
+
+    >>> parse_node_state("maria-02", ["running=0", "grastate_uuid=6ee8d6e8-0000-11ef-8000-000000000001",
+    ...     "grastate_seqno=-1", "grastate_safe_to_bootstrap=0", "recovered=6ee8d6e8-0000-11ef-8000-000000000001:77"]
+    ...     ).position
+    Position(uuid='6ee8d6e8-0000-11ef-8000-000000000001', seqno=77)
+    >>> parse_node_state("maria-01", ["running=1", "wsrep_cluster_status=Primary", "wsrep_cluster_size=3",
+    ...     "wsrep_local_state_comment=Synced"]).synced
+    True
+    """
+    kv = dict(line.strip().split("=", 1) for line in lines if "=" in line)
+    grastate = None
+    if "grastate_uuid" in kv:
+        grastate = Grastate(kv["grastate_uuid"], int(kv.get("grastate_seqno", "-1") or -1),
+                            kv.get("grastate_safe_to_bootstrap") == "1")
+    recovered = None
+    if kv.get("recovered"):
+        uuid, _, seqno = kv["recovered"].rpartition(":")
+        if uuid and seqno.lstrip("-").isdigit():
+            recovered = Position(uuid, int(seqno))
+    return NodeState(name, running=kv.get("running") == "1", cluster_status=kv.get("wsrep_cluster_status", ""),
+                     local_state=kv.get("wsrep_local_state_comment", ""),
+                     cluster_size=int(kv.get("wsrep_cluster_size") or 0),
+                     cluster_uuid=kv.get("wsrep_cluster_state_uuid", ""), grastate=grastate, recovered=recovered,
+                     last_committed=int(kv["wsrep_last_committed"]) if kv.get("wsrep_last_committed", "").lstrip(
+                         "-").isdigit() else None)

@@ -35,6 +35,7 @@ Decisions:
 from __future__ import annotations
 
 import ipaddress
+import shlex
 from dataclasses import dataclass
 
 from keybuzz.render import render
@@ -202,3 +203,18 @@ def install_db_args(s: MariadbSettings = DEFAULT) -> tuple[list[str], list[str]]
     return (["--user", f"{s.uid}:0", "--entrypoint", s.install_db, "-v", f"{s.data_dir}:{s.container_data}"],
             [f"--basedir={s.basedir}", f"--datadir={s.container_data}", "--auth-root-authentication-method=socket",
              "--skip-test-db"])
+
+
+def render_node_script(image: str, app_user: str, size: int, s: MariadbSettings = DEFAULT) -> str:
+    """/usr/local/sbin/keybuzz-mariadb (no secret): state, bootstrap, start, rolling restart, users.
+
+    >>> script = render_node_script("bitnami/mariadb-galera:10.11.6", "erpnext", 3)
+    >>> "IMAGE=bitnami/mariadb-galera:10.11.6" in script and "SIZE=3" in script
+    True
+    """
+    q = shlex.quote
+    install_args, install_cmd = install_db_args(s)
+    return render("mariadb/keybuzz-mariadb.sh.j2", service=SERVICE, image=q(image), s=s, size=size,
+                  app_user=q(app_user), run_args=[q(a) for a in mysqld_run_args(s)],
+                  install_args=[q(a) for a in install_args], install_cmd=[q(a) for a in install_cmd],
+                  mysqld_command=q(mysqld_command(s)))
