@@ -26,9 +26,9 @@ and the node Synced. A second run reports no change.
 from io import StringIO
 
 from pyinfra import host, inventory
-from pyinfra.api import FactBase, HiddenValue
+from pyinfra.api import FactBase, HiddenValue, OperationError, StringCommand
 from pyinfra.api.exceptions import DeployError
-from pyinfra.operations import files, server, systemd
+from pyinfra.operations import files, python, server, systemd
 from pyinfra.operations.util import any_changed
 
 from keybuzz.context import layer_context
@@ -85,6 +85,41 @@ ACCOUNTS = Accounts(*(creds[k].unmask() for k in (
 IMAGE = ctx.image("mariadb_galera_image")
 
 
+class SshNodes:
+    """galera.Nodes over SSH, with keybuzz-mariadb on each node (at execution time, from the first node's
+    operation; the testbed's counterpart acts on containers)."""
+
+    def _run(self, name: str, command: str) -> list[str]:
+        ok, output = inventory.get_host(name).run_shell_command(StringCommand(command), print_output=False,
+                                                                print_input=False)
+        if not ok:
+            raise OperationError(f"{name}: `{command}` failed: {output.stderr[-1500:]}")
+        return output.stdout_lines
+
+    def state(self, name: str) -> galera.NodeState:
+        return galera.parse_node_state(name, self._run(name, f"{S.node_script} state"))
+
+    def stop(self, name: str) -> None:
+        self._run(name, f"systemctl stop {SERVICE}")
+
+    def bootstrap(self, name: str) -> None:
+        self._run(name, f"{S.node_script} bootstrap")
+
+    def apply_users(self, name: str) -> None:
+        self._run(name, f"{S.node_script} apply-users")
+
+    def start(self, name: str) -> None:
+        self._run(name, f"{S.node_script} start")
+
+
+def _converge() -> None:
+    try:
+        done = galera.converge([name for name, _ in NODES], SshNodes())
+    except galera.Refused as e:
+        raise OperationError(f"mariadb: {e}") from None
+    print(f"keybuzz: mariadb: {', '.join(done) or 'nothing to do'}", flush=True)
+
+
 # --- the cluster, read once for the run, decided before anything changes -------------------------------------
 
 def _cluster_states() -> list[galera.NodeState]:
@@ -96,9 +131,6 @@ STATES = ctx.ask_once("every Galera node's state", _cluster_states)
 DECISION = ctx.ask_once("the Galera bootstrap decision", lambda: galera.decide(STATES))
 if DECISION.action == "refuse":
     raise DeployError(f"mariadb: {DECISION.reason}")
-if DECISION.action == "recover":  # every stopped node with seqno -1 reports its recovered position: not one did
-    raise DeployError(f"mariadb: {DECISION.reason}: `mysqld --wsrep-recover` found no position on them "
-                      "(journalctl -u mariadb; README runbook)")
 MINE = next(st for st in STATES if st.name == NAME)
 
 # --- directories and files --------------------------------------------------------------------------------------
@@ -134,22 +166,20 @@ systemd.service(name="mariadb enabled at boot (a rebooted node rejoins by itself
 # --- activation ---------------------------------------------------------------------------------------------------
 
 changed = (my_cnf, sst_auth, *unit)
-if MINE.primary:
+if DECISION.action != "none" and NAME == NODES[0][0]:
+    # Decided again when it runs, on fresh states (a server restarted by systemd meanwhile, a position recovered
+    # only once the server is stopped): the same function the container testbed runs.
+    python.call(name=f"Bring every Galera node into one Primary cluster (now: {DECISION.action} "
+                     f"{', '.join(DECISION.nodes)}; {DECISION.reason})",
+                function=_converge)
+
+if MINE.primary:  # nodes the run starts pick their new files up by starting
     # rolling: one node at a time, each only when the cluster is whole and this node Synced (the script checks)
     server.shell(name="Rolling restart of mariadb (its definition changed)", commands=[f"{S.node_script} restart"],
                  _if=any_changed(*changed), _serial=True)
-if DECISION.action == "bootstrap" and NAME == DECISION.nodes[0]:
-    server.shell(name=f"Bootstrap the Galera cluster from {NAME} ({DECISION.reason})",
-                 commands=[f"{S.node_script} bootstrap", f"{S.node_script} apply-users"])
-if not MINE.primary and not (DECISION.action == "bootstrap" and NAME == DECISION.nodes[0]):
-    # after the bootstrap operation above (pyinfra runs an operation on every host before the next one);
-    # one at a time: one state transfer from a donor at a time
-    server.shell(name=f"Start mariadb on {NAME}: join the Primary cluster (IST or SST), wait until Synced",
-                 commands=[f"{S.node_script} start"], _serial=True)
 
 users = host.get_fact(UsersState, script=S.node_script)
-bootstrapping_here = DECISION.action == "bootstrap" and NAME == DECISION.nodes[0]
-if NAME == NODES[0][0] and not bootstrapping_here:
+if NAME == NODES[0][0] and DECISION.action != "bootstrap":  # a bootstrap applies users.sql itself
     server.shell(name="Apply users.sql (ERPNext database, application, SST and monitor users) on a Synced node",
                  commands=[f"{S.node_script} apply-users"],
                  _if=lambda: users_sql.did_change() or users != "ok")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 ZERO_UUID = "00000000-0000-0000-0000-000000000000"
 
@@ -220,3 +221,75 @@ def parse_node_state(name: str, lines: Sequence[str]) -> NodeState:
                      cluster_uuid=kv.get("wsrep_cluster_state_uuid", ""), grastate=grastate, recovered=recovered,
                      last_committed=int(kv["wsrep_last_committed"]) if kv.get("wsrep_last_committed", "").lstrip(
                          "-").isdigit() else None)
+
+
+class Refused(RuntimeError):
+    """The layer will not start anything: the reason says why and what to do (README runbook)."""
+
+
+class Nodes(Protocol):
+    """How `converge` acts on the nodes: over SSH with keybuzz-mariadb (deploys/mariadb.py) or on the testbed's
+    containers (keybuzz/mariadb/testbed.py)."""
+
+    def state(self, name: str) -> NodeState:
+        """The node's state; a stopped node with grastate seqno -1 comes with its --wsrep-recover position."""
+
+    def stop(self, name: str) -> None: ...
+
+    def bootstrap(self, name: str) -> None:
+        """Start a new cluster from this node (data initialised when empty) and wait until it is Primary."""
+
+    def apply_users(self, name: str) -> None: ...
+
+    def start(self, name: str) -> None:
+        """Start (or restart a non-Primary) server and wait until it is Synced in the Primary cluster."""
+
+
+def converge(names: Sequence[str], nodes: Nodes) -> list[str]:
+    """Bring every node into one Primary cluster, by `decide`; returns what was done ([] when nothing).
+
+    Servers running without a Primary component (e.g. restarted by systemd after a power cut, waiting for
+    peers) are stopped first: their position is then read from their data, and they would not let the chosen
+    node's new cluster be the only one. Joiners start one at a time (one state transfer at a time).
+
+    >>> class Fake:
+    ...     def __init__(self): self.up = set(); self.did = []
+    ...     def state(self, n):
+    ...         return NodeState(n, n in self.up, "Primary" if n in self.up else "", "Synced", len(self.up), "u")
+    ...     def stop(self, n): self.up.discard(n)
+    ...     def bootstrap(self, n): self.up.add(n)
+    ...     def apply_users(self, n): self.did.append(f"users {n}")
+    ...     def start(self, n): self.up.add(n)
+    >>> fake = Fake()
+    >>> converge(["m1", "m2", "m3"], fake), fake.did
+    (['bootstrap m1', 'start m2', 'start m3'], ['users m1'])
+    >>> converge(["m1", "m2", "m3"], fake)
+    []
+    """
+    done: list[str] = []
+    states = [nodes.state(n) for n in names]
+    decision = decide(states)
+    stray = [s.name for s in states if s.running and not s.primary]
+    if decision.action in ("recover", "bootstrap") and stray:
+        for name in stray:
+            nodes.stop(name)
+            done.append(f"stop {name}")
+        states = [nodes.state(n) for n in names]
+        decision = decide(states)
+    if decision.action == "recover":
+        raise Refused(f"{decision.reason}: `mysqld --wsrep-recover` found no position (journalctl -u mariadb)")
+    if decision.action == "refuse":
+        raise Refused(decision.reason)
+    if decision.action == "bootstrap":
+        chosen = decision.nodes[0]
+        nodes.bootstrap(chosen)
+        nodes.apply_users(chosen)
+        done.append(f"bootstrap {chosen}")
+        decision = decide([nodes.state(n) for n in names])
+    if decision.action == "start":
+        for name in decision.nodes:
+            nodes.start(name)
+            done.append(f"start {name}")
+    elif decision.action != "none":
+        raise Refused(f"after the bootstrap: {decision.reason}")
+    return done

@@ -159,15 +159,19 @@ class Testbed(ContainerTestbed):
         return dict(line.split("\t", 1) for line in out.stdout.splitlines() if "\t" in line)
 
     def node_state(self, i: int) -> galera.NodeState:
-        """What the deploy's `keybuzz-mariadb state` reports for node i, read the same way."""
+        """What the deploy's `keybuzz-mariadb state` reports for node i, read the same way: status, grastate.dat,
+        and for a stopped node with seqno -1 the position `mysqld --wsrep-recover` finds."""
         s = self.settings(i)
         grastate_path = Path(s.grastate)
         grastate = galera.parse_grastate(grastate_path.read_text()) if grastate_path.exists() else None
+        running = self.running(i)
         st = self.status(i) or {}
+        recovered = self.recover(i) if grastate and grastate.seqno == -1 and not running else None
         return galera.NodeState(
-            NAMES[i], running=self.running(i), cluster_status=st.get("wsrep_cluster_status", ""),
+            NAMES[i], running=running, cluster_status=st.get("wsrep_cluster_status", ""),
             local_state=st.get("wsrep_local_state_comment", ""), cluster_size=int(st.get("wsrep_cluster_size") or 0),
-            cluster_uuid=st.get("wsrep_cluster_state_uuid", ""), grastate=grastate)
+            cluster_uuid=st.get("wsrep_cluster_state_uuid", ""), grastate=grastate, recovered=recovered,
+            last_committed=int(st["wsrep_last_committed"]) if st.get("wsrep_last_committed") else None)
 
     def recover(self, i: int) -> galera.Position | None:
         """`mysqld --wsrep-recover` on node i's data (server stopped): the last committed position in InnoDB."""
@@ -225,39 +229,9 @@ class Testbed(ContainerTestbed):
         return [self.node_state(i) for i in range(len(NAMES))]
 
     def converge(self) -> list[str]:
-        """Bring every node into one Primary cluster by the layer's decision (as the deploy does); returns
-        what it did, e.g. ['recover maria-01, maria-02, maria-03', 'bootstrap maria-02', 'start maria-01', ...];
-        [] when there was nothing to do."""
-        done: list[str] = []
-        states = self.states()
-        decision = galera.decide(states)
-        if decision.action == "recover":
-            # a server running without a Primary component holds its files: stop it first
-            for i, st in enumerate(states):
-                if st.running and not st.primary:
-                    self.docker(NAMES[i]).stop(timeout=30)
-            recovered = {name: self.recover(NAMES.index(name)) for name in decision.nodes}
-            states = [replace(st, running=False, recovered=recovered.get(st.name)) if not st.primary else st
-                      for st in self.states()]
-            done.append(f"recover {', '.join(f'{k}={v.seqno if v else None}' for k, v in recovered.items())}")
-            decision = galera.decide(states)
-        if decision.action == "refuse":
-            raise RuntimeError(f"the layer refuses: {decision.reason}")
-        if decision.action == "bootstrap":
-            chosen = NAMES.index(decision.nodes[0])
-            for i, st in enumerate(states):
-                if st.running and not st.primary:
-                    self.docker(NAMES[i]).stop(timeout=30)
-            self.bootstrap(chosen)
-            self.apply_users(chosen)
-            done.append(f"bootstrap {NAMES[chosen]}")
-            decision = galera.decide(self.states())
-        if decision.action == "start":
-            for name in decision.nodes:  # one at a time: one SST/IST donor load at a time
-                i = NAMES.index(name)
-                self.start_node(i)
-                self.wait_synced(i)
-                done.append(f"start {name}")
+        """The layer's keybuzz.mariadb.galera.converge on these containers (the deploy runs the same function
+        over SSH); returns what it did, e.g. ['bootstrap maria-02', 'start maria-01', 'start maria-03']."""
+        done = galera.converge(NAMES, _ContainerNodes(self))
         self.log.extend(done)
         return done
 
@@ -271,3 +245,30 @@ class Testbed(ContainerTestbed):
             self.wait_node(i, lambda st: st.get("wsrep_cluster_size") == str(size)
                            and st.get("wsrep_local_state_comment") == "Synced",
                            max(5.0, deadline - time.monotonic()), f"Synced in a cluster of {size}")
+
+
+class _ContainerNodes:
+    """galera.Nodes on the testbed's containers (the deploy's are keybuzz-mariadb over SSH)."""
+
+    def __init__(self, tb: Testbed):
+        self.tb = tb
+
+    def state(self, name: str) -> galera.NodeState:
+        return self.tb.node_state(NAMES.index(name))
+
+    def stop(self, name: str) -> None:
+        self.tb.docker(name).stop(timeout=30)
+
+    def bootstrap(self, name: str) -> None:
+        self.tb.bootstrap(NAMES.index(name))
+
+    def apply_users(self, name: str) -> None:
+        self.tb.apply_users(NAMES.index(name))
+
+    def start(self, name: str) -> None:
+        i = NAMES.index(name)
+        if self.tb.running(i):  # running without a Primary component: restart it (as `keybuzz-mariadb start`)
+            self.tb.docker(name).restart(timeout=30)
+        else:
+            self.tb.start_node(i)
+        self.tb.wait_synced(i)
