@@ -171,6 +171,41 @@ def test_full_power_off_while_writing_then_the_layer_recovers_from_the_most_adva
     assert tb.converge() == []  # and a re-run decides nothing
 
 
+def test_full_power_off_then_the_node_script_recovers_as_the_deploy_does(tb):
+    """The deploy's path: keybuzz-mariadb state (grastate + --wsrep-recover), bootstrap, start, apply-users."""
+    writer = _writer(tb, "outage-script", [0, 1, 2]).start()
+    time.sleep(3)
+    tb.kill_all()
+    writer.stop()
+    assert len(writer.acked) > 50
+    lines = tb.script(1, "state").stdout.splitlines()
+    state = galera.parse_node_state("maria-02", lines)
+    assert not state.running and state.grastate.seqno == -1 and state.recovered and state.recovered.seqno > 0, lines
+    started = time.monotonic()
+    done = tb.converge(with_node_script=True)
+    elapsed = time.monotonic() - started
+    assert done[0].startswith("bootstrap ") and sorted(d.split()[1] for d in done) == sorted(NAMES), done
+    tb.wait_cluster(3)
+    print(f"full outage recovery through the node script: {elapsed:.1f}s ({done})")
+    assert elapsed < RECOVERY_TARGET_S
+    assert _missing_on_every_node(tb, "outage-script", writer.acked) == {n: 0 for n in NAMES}
+    for i in range(len(NAMES)):
+        assert tb.script(i, "users-state").stdout.strip() == "ok"
+        assert list((Path(tb.settings(i).conf_dir) / "bootstrap.d").iterdir()) == []
+    assert tb.converge(with_node_script=True) == []
+
+
+def test_rolling_restart_refuses_unless_the_cluster_is_whole(tb):
+    assert tb.script(0, "restart").returncode == 0  # whole: restarted, back Synced with 3 members
+    tb.wait_cluster(3)
+    tb.kill(2)
+    wait_for(lambda: tb.status(0)["wsrep_cluster_size"] == "2", 60, 0.5, "maria-01 sees 2 nodes")
+    refused = tb.script(0, "restart")
+    assert refused.returncode != 0 and "Primary with 3 members" in refused.stderr
+    assert tb.status(0)["wsrep_local_state_comment"] == "Synced"  # not restarted
+    assert tb.converge(with_node_script=True) == ["start maria-03"]
+
+
 def test_nodes_of_two_different_clusters_are_refused(tb):
     # maria-03's data claims another cluster: nothing may be bootstrapped from a guess
     tb.kill_all()

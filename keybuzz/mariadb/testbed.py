@@ -37,6 +37,7 @@ from keybuzz.mariadb.settings import (
     install_db_args,
     mysqld_command,
     render_my_cnf,
+    render_node_script,
     render_sst_auth,
     render_users_sql,
 )
@@ -45,6 +46,19 @@ from keybuzz.waiting import wait_for  # noqa: F401 - re-exported for the tests
 
 NAMES = ("maria-01", "maria-02", "maria-03")
 PREFIX = "keybuzz-mariadb-test-"
+# A stand-in for systemctl, used only when the testbed runs the node script: the "unit" is the node's container
+# (is-active / start / stop / restart, as mariadb.service wraps `docker run`).
+SYSTEMCTL_STAND_IN = """#!/bin/bash
+# systemctl stand-in of the MariaDB container testbed: the unit is the node's container
+cmd=$1; shift; [ "${1:-}" = --quiet ] && shift
+case "$cmd" in
+  is-active) [ "$(docker inspect -f '{{.State.Running}}' "$1" 2>/dev/null)" = true ] ;;
+  start) docker start "$1" >/dev/null ;;
+  stop) docker stop -t 30 "$1" >/dev/null ;;
+  restart) docker restart -t 30 "$1" >/dev/null ;;
+  *) echo "systemctl stand-in: $cmd not supported" >&2; exit 2 ;;
+esac
+"""
 
 
 class Testbed(ContainerTestbed):
@@ -91,6 +105,17 @@ class Testbed(ContainerTestbed):
             Path(s.data_dir).mkdir()
             os.chown(s.data_dir, s.uid, 0)
             Path(s.data_dir).chmod(0o700)
+            # what the deploy installs for the node script (keybuzz-mariadb), at this node's paths
+            Path(s.secrets_dir).mkdir(mode=0o700)
+            shutil.copy(users, Path(s.secrets_dir) / "users.sql")
+            shutil.copy(ROOT / "templates" / "mariadb" / "new-cluster.cnf", Path(s.base_dir) / "new-cluster.cnf")
+            script = Path(s.base_dir) / "keybuzz-mariadb"
+            script.write_text(render_node_script(self.image, self.accounts.app_user, len(NAMES), s))
+            script.chmod(0o755)
+        shim = self.dir / "bin" / "systemctl"
+        shim.parent.mkdir()
+        shim.write_text(SYSTEMCTL_STAND_IN)
+        shim.chmod(0o755)
 
     # ------------------------------------------------------------ one node
     def container_name(self, i: int) -> str:
@@ -228,12 +253,21 @@ class Testbed(ContainerTestbed):
     def states(self) -> list[galera.NodeState]:
         return [self.node_state(i) for i in range(len(NAMES))]
 
-    def converge(self) -> list[str]:
+    def converge(self, with_node_script: bool = False) -> list[str]:
         """The layer's keybuzz.mariadb.galera.converge on these containers (the deploy runs the same function
-        over SSH); returns what it did, e.g. ['bootstrap maria-02', 'start maria-01', 'start maria-03']."""
-        done = galera.converge(NAMES, _ContainerNodes(self))
+        over SSH); returns what it did, e.g. ['bootstrap maria-02', 'start maria-01', 'start maria-03'].
+        `with_node_script`: act through the deploy's node script (keybuzz-mariadb state / bootstrap / start /
+        apply-users), as the deploy does, with SYSTEMCTL_STAND_IN for systemd (the containers must exist)."""
+        done = galera.converge(NAMES, _ScriptNodes(self) if with_node_script else _ContainerNodes(self))
         self.log.extend(done)
         return done
+
+    def script(self, i: int, *args: str, timeout: float = 400) -> subprocess.CompletedProcess:
+        """Run node i's keybuzz-mariadb (rendered at its paths) against its container."""
+        env = {**os.environ, "PATH": f"{self.dir / 'bin'}:{os.environ.get('PATH', '')}",
+               "KEYBUZZ_MARIADB_SERVICE": self.container_name(i)}
+        return subprocess.run([str(Path(self.settings(i).base_dir) / "keybuzz-mariadb"), *args], env=env,
+                              capture_output=True, text=True, timeout=timeout)
 
     def wait_synced(self, i: int, seconds: float = 300) -> dict:
         return self.wait_node(i, lambda st: st.get("wsrep_cluster_status") == "Primary"
@@ -272,3 +306,31 @@ class _ContainerNodes:
         else:
             self.tb.start_node(i)
         self.tb.wait_synced(i)
+
+
+class _ScriptNodes:
+    """galera.Nodes through the deploy's node script, as deploys/mariadb.py's SshNodes runs it over SSH."""
+
+    def __init__(self, tb: Testbed):
+        self.tb = tb
+
+    def _run(self, name: str, *args: str) -> list[str]:
+        out = self.tb.script(NAMES.index(name), *args)
+        if out.returncode != 0:
+            raise RuntimeError(f"{name}: keybuzz-mariadb {' '.join(args)} failed: {out.stderr[-1500:]}")
+        return out.stdout.splitlines()
+
+    def state(self, name: str) -> galera.NodeState:
+        return galera.parse_node_state(name, self._run(name, "state"))
+
+    def stop(self, name: str) -> None:
+        self.tb.docker(name).stop(timeout=30)  # the deploy: systemctl stop mariadb
+
+    def bootstrap(self, name: str) -> None:
+        self._run(name, "bootstrap")
+
+    def apply_users(self, name: str) -> None:
+        self._run(name, "apply-users")
+
+    def start(self, name: str) -> None:
+        self._run(name, "start")
