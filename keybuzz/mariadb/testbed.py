@@ -66,9 +66,13 @@ class Testbed(ContainerTestbed):
 
     def __init__(self):
         super().__init__(PREFIX)
-        self.accounts = Accounts(*(("tb-" + secrets.token_urlsafe(12)) if i % 2 == 0 else name
-                                   for i, name in enumerate(("", "erpnext", "", "mariabackup", "",
-                                                             "proxysql_monitor", ""))))
+        def password() -> str:
+            return "tb-" + secrets.token_urlsafe(12)
+
+        # the credentials' default user names (keybuzz/credentials.py), fresh passwords
+        self.accounts = Accounts(root_password=password(), app_user="erpnext", app_password=password(),
+                                 sst_user="mariabackup", sst_password=password(), monitor_user="proxysql_monitor",
+                                 monitor_password=password())
         self.image = ""
         self.log: list[str] = []  # what converge() did, for the tests' messages
 
