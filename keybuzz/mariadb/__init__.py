@@ -1,0 +1,1 @@
+"""MariaDB Galera layer (design §A, §F): settings, bootstrap decision, client, checks, testbed."""

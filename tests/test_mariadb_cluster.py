@@ -1,0 +1,221 @@
+"""MariaDB Galera x3 on real containers (keybuzz/mariadb/testbed.py): the project's rendered my.cnf,
+sst-auth.cnf and users.sql, the deploy's run arguments, and the layer's bootstrap decision
+(keybuzz.mariadb.galera.decide) applied as the deploy applies it.
+
+One testbed for the module, tests in order: first bootstrap, re-run, node kill while writing, full power-off of
+all three while writing then recovery. About 3-4 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import stat
+import time
+from pathlib import Path
+
+import pymysql
+import pytest
+
+from keybuzz.mariadb import check, galera
+from keybuzz.mariadb.client import Writer, connect, count, ensure_table
+from keybuzz.mariadb.testbed import NAMES, Testbed, wait_for
+
+RECOVERY_TARGET_S = 120  # issue 12: recovery from a full outage in under 2 minutes
+
+
+@pytest.fixture(scope="module")
+def tb():
+    with Testbed() as testbed:
+        yield testbed
+
+
+def _app(tb: Testbed, i: int):
+    a = tb.accounts
+    return connect(tb.node_ip(i), a.app_user, a.app_password, database=a.app_user)
+
+
+class _Secret(str):
+    def unmask(self) -> str:
+        return str(self)
+
+
+class _Plan:
+    """servers.tsv's view the checks read (group -> name, ip), pointing at the testbed's containers."""
+
+    def __init__(self, tb: Testbed):
+        self.servers = [type("Server", (), {"name": n, "ip": tb.node_ip(i)}) for i, n in enumerate(NAMES)]
+
+    def group(self, role: str):
+        assert role == "mariadb"
+        return self.servers
+
+
+def _target(tb: Testbed):
+    a = tb.accounts
+    creds = {"MARIADB_APP_USER": a.app_user, "MARIADB_APP_PASSWORD": a.app_password,
+             "MARIADB_MONITOR_USER": a.monitor_user, "MARIADB_MONITOR_PASSWORD": a.monitor_password}
+    return type("T", (), {"plan": _Plan(tb), "lb": "", "secrets": lambda self, brick: {
+        k: _Secret(v) for k, v in creds.items()}})()
+
+
+def _writer(tb: Testbed, tag: str, hosts: list[int]) -> Writer:
+    a = tb.accounts
+    return Writer([tb.node_ip(i) for i in hosts], a.app_user, a.app_password, a.app_user, tag, seconds=120)
+
+
+def _missing_on_every_node(tb: Testbed, tag: str, acked: set[int]) -> dict[str, int]:
+    missing = {}
+    for i, name in enumerate(NAMES):
+        with _app(tb, i) as conn:
+            missing[name] = len(acked - count(conn, tag))
+    return missing
+
+
+def test_first_install_bootstraps_maria_01_once_and_the_others_join(tb):
+    done = tb.converge()
+    assert done == ["bootstrap maria-01", "start maria-02", "start maria-03"], done
+    statuses = [tb.status(i) for i in range(len(NAMES))]
+    assert {s["wsrep_cluster_size"] for s in statuses} == {"3"}
+    assert {s["wsrep_cluster_status"] for s in statuses} == {"Primary"}
+    assert {s["wsrep_local_state_comment"] for s in statuses} == {"Synced"}
+    assert len({s["wsrep_cluster_state_uuid"] for s in statuses}) == 1  # one cluster, not three
+    for i in range(len(NAMES)):
+        s = tb.settings(i)
+        # the bootstrap flag never outlives the bootstrap (the Bitnami trap)
+        assert list((Path(s.conf_dir) / "bootstrap.d").iterdir()) == []
+        assert stat.S_IMODE((Path(s.conf_dir) / "sst-auth.cnf").stat().st_mode) == 0o600
+        assert galera.parse_grastate(Path(s.grastate).read_text()).uuid == statuses[0]["wsrep_cluster_state_uuid"]
+
+
+def test_accounts_from_users_sql_work_through_every_node_and_nothing_more(tb):
+    a = tb.accounts
+    with _app(tb, 0) as conn:
+        ensure_table(conn)
+    for i in range(len(NAMES)):  # write on each node, read it back on the next one (synchronous replication)
+        with _app(tb, i) as conn, conn.cursor() as cur:
+            cur.execute("INSERT INTO keybuzz_check (tag, n) VALUES ('accounts', %s)", (i,))
+        with _app(tb, (i + 1) % len(NAMES)) as conn:
+            assert i in count(conn, "accounts")
+    with connect(tb.node_ip(1), a.monitor_user, a.monitor_password) as conn, conn.cursor() as cur:
+        cur.execute("SELECT @@read_only")
+        assert cur.fetchone()[0] == 0
+        with pytest.raises(pymysql.err.OperationalError):  # USAGE + REPLICATION CLIENT only
+            cur.execute(f"SELECT COUNT(*) FROM `{a.app_user}`.keybuzz_check")
+    with pytest.raises(pymysql.err.OperationalError):  # root logs in on the node itself only
+        connect(tb.node_ip(0), "root", a.root_password)
+    out = tb.root_sql(2, "SELECT COUNT(*) FROM mysql.user WHERE user IN ('', 'root') AND host <> 'localhost';")
+    assert out.returncode == 0 and out.stdout.strip() == "0"
+
+
+def test_a_second_run_decides_nothing(tb):
+    assert galera.decide(tb.states()).action == "none"
+    assert tb.converge() == []
+
+
+def test_diag_and_perf_checks_on_the_running_cluster(tb):
+    report = check.diag(_target(tb))
+    assert report.ok, str(report)
+    text = str(report)
+    assert text.count("Primary Synced size=3 seqno=") == 3 and "NOT seen" not in text
+    perf = check.perf(_target(tb))
+    assert perf.ok, str(perf)
+    assert all(v > 0 for v in perf.metrics.values()) and len(perf.metrics) == 6
+
+
+def test_node_killed_while_writing_loses_no_commit_and_rejoins(tb):
+    writer = _writer(tb, "kill", [0, 1, 2]).start()
+    time.sleep(3)
+    tb.kill(1)
+    # the survivors drop it from the view after evs.inactive_timeout (15 s); writes go on meanwhile
+    for i in (0, 2):
+        wait_for(lambda i=i: tb.status(i)["wsrep_cluster_size"] == "2", 60, 0.5, f"{NAMES[i]} sees 2 nodes")
+    time.sleep(2)
+    writer.stop()
+    assert len(writer.acked) > 50, f"only {len(writer.acked)} writes acknowledged"
+    diag = check.diag(_target(tb))
+    assert not diag.ok and "maria-02 192.168." in str(diag) and "unreachable" in str(diag)
+    assert galera.decide(tb.states()) == galera.Decision("start", ("maria-02",), "maria-02 joins the Primary cluster")
+    assert tb.converge() == ["start maria-02"]
+    tb.wait_cluster(3)
+    assert _missing_on_every_node(tb, "kill", writer.acked) == {n: 0 for n in NAMES}
+    # it came back by incremental or full state transfer from a donor, not by starting a cluster of its own
+    logs = tb.logs(1, tail=400)
+    assert "IST received" in logs or "SST succeeded" in logs or "State transfer" in logs, logs[-2000:]
+
+
+def test_full_power_off_while_writing_then_the_layer_recovers_from_the_most_advanced_node(tb):
+    writer = _writer(tb, "outage", [0, 1, 2]).start()
+    time.sleep(3)
+    tb.kill_all()  # the three at once: every grastate.dat stays at seqno -1, safe_to_bootstrap 0
+    writer.stop()
+    assert len(writer.acked) > 50, f"only {len(writer.acked)} writes acknowledged"
+    states = tb.states()
+    assert all(st.grastate and st.grastate.seqno == -1 and not st.grastate.safe_to_bootstrap for st in states)
+    # positions come from InnoDB (`mysqld --wsrep-recover`): the most advanced node is chosen
+    assert all(st.recovered and st.recovered.seqno > 0 for st in states)
+    decision = galera.decide(states)
+    assert decision.action == "bootstrap" and "most advanced node" in decision.reason, decision
+    best = max(st.recovered.seqno for st in states)
+    assert next(st for st in states if st.name == decision.nodes[0]).recovered.seqno == best
+    # as systemd does when a server comes back from the power cut: maria-03's server starts on its own and
+    # waits for its peers without a Primary component; the layer must stop it before deciding
+    tb.start_node(2)
+    started = time.monotonic()
+    done = tb.converge()
+    elapsed = time.monotonic() - started
+    assert done[:2] == ["stop maria-03", f"bootstrap {decision.nodes[0]}"], done
+    assert sorted(d.split()[1] for d in done[1:]) == sorted(NAMES)
+    tb.wait_cluster(3)
+    print(f"full outage recovery: {elapsed:.1f}s ({done}); acknowledged writes {len(writer.acked)}")
+    assert elapsed < RECOVERY_TARGET_S
+    assert _missing_on_every_node(tb, "outage", writer.acked) == {n: 0 for n in NAMES}
+    assert tb.converge() == []  # and a re-run decides nothing
+
+
+def test_full_power_off_then_the_node_script_recovers_as_the_deploy_does(tb):
+    """The deploy's path: keybuzz-mariadb state (grastate + --wsrep-recover), bootstrap, start, apply-users."""
+    writer = _writer(tb, "outage-script", [0, 1, 2]).start()
+    time.sleep(3)
+    tb.kill_all()
+    writer.stop()
+    assert len(writer.acked) > 50
+    lines = tb.script(1, "state").stdout.splitlines()
+    state = galera.parse_node_state("maria-02", lines)
+    assert not state.running and state.grastate.seqno == -1 and state.recovered and state.recovered.seqno > 0, lines
+    started = time.monotonic()
+    done = tb.converge(with_node_script=True)
+    elapsed = time.monotonic() - started
+    assert done[0].startswith("bootstrap ") and sorted(d.split()[1] for d in done) == sorted(NAMES), done
+    tb.wait_cluster(3)
+    print(f"full outage recovery through the node script: {elapsed:.1f}s ({done})")
+    assert elapsed < RECOVERY_TARGET_S
+    assert _missing_on_every_node(tb, "outage-script", writer.acked) == {n: 0 for n in NAMES}
+    for i in range(len(NAMES)):
+        assert tb.script(i, "users-state").stdout.strip() == "ok"
+        assert list((Path(tb.settings(i).conf_dir) / "bootstrap.d").iterdir()) == []
+    assert tb.converge(with_node_script=True) == []
+
+
+def test_rolling_restart_refuses_unless_the_cluster_is_whole(tb):
+    assert tb.script(0, "restart").returncode == 0  # whole: restarted, back Synced with 3 members
+    tb.wait_cluster(3)
+    tb.kill(2)
+    wait_for(lambda: tb.status(0)["wsrep_cluster_size"] == "2", 60, 0.5, "maria-01 sees 2 nodes")
+    refused = tb.script(0, "restart")
+    assert refused.returncode != 0 and "Primary with 3 members" in refused.stderr
+    assert tb.status(0)["wsrep_local_state_comment"] == "Synced"  # not restarted
+    assert tb.converge(with_node_script=True) == ["start maria-03"]
+
+
+def test_nodes_of_two_different_clusters_are_refused(tb):
+    # maria-03's data claims another cluster: nothing may be bootstrapped from a guess
+    tb.kill_all()
+    grastate = Path(tb.settings(2).grastate)
+    text = grastate.read_text()
+    uuid = galera.parse_grastate(text).uuid
+    grastate.write_text(text.replace(uuid, "11111111-2222-3333-4444-555555555555"))
+    try:
+        with pytest.raises(galera.Refused, match="different clusters"):
+            tb.converge()
+    finally:
+        grastate.write_text(text)
+    assert tb.converge()[0].startswith("bootstrap ")
