@@ -209,6 +209,13 @@ def test_mariadb_root_and_sst_passwords_never_reach_a_proxysql_file():
                                            MONITOR_PW}
 
 
+def test_admin_user_must_not_be_a_mysql_user():
+    from keybuzz.errors import InputError
+
+    with pytest.raises(InputError, match="PROXYSQL_ADMIN_USER must differ"):
+        ProxySQLSecrets.from_bricks(dict(PROXYSQL_BRICK, PROXYSQL_ADMIN_USER="erpnext"), MARIADB_BRICK)
+
+
 def test_secrets_only_in_the_secret_files():
     secret_values = (ADMIN_PW, APP_PW, MONITOR_PW)
     assert all(v in render_proxysql_cnf(ROWS) for v in secret_values)

@@ -25,6 +25,7 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from keybuzz.errors import InputError
 from keybuzz.render import render
 
 # Hostgroups (fixed interface with the MariaDB layer and the checks)
@@ -95,9 +96,25 @@ class ProxySQLSecrets:
             v = brick[key]
             return v.unmask() if hasattr(v, "unmask") else str(v)
 
-        return cls(value(proxysql, "PROXYSQL_ADMIN_USER"), value(proxysql, "PROXYSQL_ADMIN_PASSWORD"),
-                   value(mariadb, "MARIADB_APP_USER"), value(mariadb, "MARIADB_APP_PASSWORD"),
-                   value(mariadb, "MARIADB_MONITOR_USER"), value(mariadb, "MARIADB_MONITOR_PASSWORD"))
+        picked = cls(value(proxysql, "PROXYSQL_ADMIN_USER"), value(proxysql, "PROXYSQL_ADMIN_PASSWORD"),
+                     value(mariadb, "MARIADB_APP_USER"), value(mariadb, "MARIADB_APP_PASSWORD"),
+                     value(mariadb, "MARIADB_MONITOR_USER"), value(mariadb, "MARIADB_MONITOR_PASSWORD"))
+        if picked.admin_user in (picked.app_user, picked.monitor_user):
+            # ProxySQL refuses an admin_credentials user that is also in mysql_users (sysown/proxysql#1538)
+            from keybuzz.credentials import credentials_dir
+
+            raise InputError(credentials_dir() / "proxysql.env", 0, "PROXYSQL_ADMIN_USER must differ from "
+                             "MARIADB_APP_USER and MARIADB_MONITOR_USER (ProxySQL refuses an admin user that is "
+                             "also a MySQL user); fix: choose another PROXYSQL_ADMIN_USER")
+        return picked
+
+
+def preflight(versions: dict) -> None:
+    """Before any host is contacted (keybuzz.inventory): the two bricks together make a valid ProxySQL login
+    set (InputError otherwise). The bricks themselves were read and checked just before."""
+    from keybuzz import credentials
+
+    ProxySQLSecrets.from_bricks(credentials.load("proxysql"), credentials.load("mariadb"))
 
 
 @dataclass(frozen=True)
