@@ -25,10 +25,12 @@ from pyinfra.api import HiddenValue
 from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.files import File
 from pyinfra.facts.server import Command
-from pyinfra.operations import files, server
+from pyinfra.operations import files, server, systemd
+from pyinfra.operations.util import any_changed
 
 from keybuzz.context import layer_context
-from keybuzz.ops import apt_packages, container_unit, restart_if, secret_file
+from keybuzz.facts import ServiceActive
+from keybuzz.ops import apt_packages, container_unit, secret_file
 from keybuzz.proxysql.admin import admin_sql, diff, needs_restart, parse_state, sql_file
 from keybuzz.proxysql.settings import (
     ADMIN_CLIENT_CNF,
@@ -94,8 +96,14 @@ files.put(name=f"Install {TOOL} (no secret)", src=StringIO(render_tool()), dest=
 
 unit = container_unit("proxysql", IMAGE, command=UNIT_COMMAND, run_args=UNIT_RUN_ARGS, description=UNIT_DESCRIPTION)
 # proxysql.cnf is not a restart trigger: ProxySQL ignores it once proxysql.db exists (the admin SQL below applies
-# what changed). One node at a time: the LB keeps sending clients to the other one.
-restart_if("proxysql", *unit, serial=True)
+# what changed). A changed unit restarts one node at a time, each back (admin interface answering) before the
+# next: the LB keeps sending clients to the other one.
+was_active = host.get_fact(ServiceActive, service="proxysql")
+systemd.daemon_reload(name="systemd daemon-reload", _if=any_changed(*unit))
+systemd.service(name="Enable and start proxysql", service="proxysql", running=True, enabled=True)
+server.shell(name="Restart proxysql (its unit changed) and wait for its admin interface",
+             commands=["systemctl restart proxysql", f"{TOOL} wait {WAIT_SECONDS}"],
+             _if=lambda: was_active and any_changed(*unit)(), _serial=True)
 
 # --- the running configuration: only what drifted ------------------------------------------------------------
 

@@ -386,3 +386,30 @@ def expected_writer(nodes: list[NodeState], max_writers: int = 1) -> list[str]:
     # ProxySQL sorts in SQLite: hostname as text, descending; weight and port as integers, descending
     eligible.sort(key=lambda n: (n.weight, n.hostname, n.port), reverse=True)
     return [n.hostname for n in eligible[:max_writers]]
+
+
+def read_node_state(hostname: str, port: int, weight: int, user: str, password: str,
+                    timeout: float = 3.0) -> NodeState:
+    """NodeState of one MariaDB node, read as ProxySQL's monitor reads it: GALERA_CHECK_QUERY as the monitor user
+    (its grants are part of what this proves). A node that does not answer has row None (ProxySQL: offline).
+
+    Example (a Galera testbed, the monitor user of keybuzz.mariadb.testbed)::
+
+        nodes = [read_node_state(ip, 3306, w, "proxysql_monitor", pw) for ip, w in zip(ips, server_weights(3))]
+        expected_writer(nodes)    # ['192.168.230.11']
+    """
+    import pymysql
+
+    try:
+        conn = pymysql.connect(host=hostname, port=port, user=user, password=password, connect_timeout=timeout,
+                               read_timeout=timeout)
+    except pymysql.err.Error:
+        return NodeState(hostname, port, weight, None)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(GALERA_CHECK_QUERY)
+            return NodeState(hostname, port, weight, tuple(cur.fetchone()))
+    except pymysql.err.Error:
+        return NodeState(hostname, port, weight, None)
+    finally:
+        conn.close()
