@@ -31,7 +31,7 @@ from pyinfra.operations.util import any_changed
 from keybuzz.context import layer_context
 from keybuzz.facts import ServiceActive
 from keybuzz.ops import apt_packages, container_unit, secret_file
-from keybuzz.proxysql.admin import admin_sql, diff, needs_restart, parse_state, sql_file
+from keybuzz.proxysql.admin import admin_sql, drifts_to_fix, needs_restart, parse_state, sql_file
 from keybuzz.proxysql.settings import (
     ADMIN_CLIENT_CNF,
     ADMIN_CLIENT_PACKAGES,
@@ -72,10 +72,8 @@ try:
     RUNNING = parse_state(state_output.splitlines())
 except ValueError as e:
     raise DeployError(f"{host.name}: {e}") from None
-HAS_OWN_DB = bool(host.get_fact(File, path=f"{DATA_DIR}/proxysql.db"))
-# Nothing answers and no proxysql.db: the first start reads proxysql.cnf, which holds the desired rows.
-# Otherwise ProxySQL runs (or will start) from its own database: compare and fix it.
-DRIFTS = diff(ROWS, RUNNING) if (RUNNING is not None or HAS_OWN_DB) else []
+# a first start reads proxysql.cnf; afterwards ProxySQL runs (or will start) from proxysql.db: compare and fix it
+DRIFTS = drifts_to_fix(ROWS, RUNNING, has_own_db=bool(host.get_fact(File, path=f"{DATA_DIR}/proxysql.db")))
 
 # --- files ---------------------------------------------------------------------------------------------------
 

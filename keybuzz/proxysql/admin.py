@@ -238,6 +238,23 @@ def diff(desired: dict[str, list[dict]], actual: dict[str, list[dict]] | None) -
     return drifts
 
 
+def drifts_to_fix(desired: dict[str, list[dict]], running: dict[str, list[dict]] | None,
+                  has_own_db: bool) -> list[Drift]:
+    """What a deploy run fixes through the admin interface. Nothing answers and no proxysql.db: a first start is
+    coming, which reads proxysql.cnf (the desired rows): nothing to fix. Nothing answers but proxysql.db exists:
+    ProxySQL will start from its own database, whatever it holds: everything is rewritten once it answers.
+
+    >>> d = {"mysql_query_rules": []}
+    >>> drifts_to_fix(d, None, has_own_db=False), [str(x) for x in drifts_to_fix(d, None, has_own_db=True)]
+    ([], ['mysql_query_rules: not running'])
+    >>> drifts_to_fix(d, {"mysql_query_rules": []}, has_own_db=True)
+    []
+    """
+    if running is None and not has_own_db:
+        return []
+    return diff(desired, running)
+
+
 def needs_restart(drifts: list[Drift]) -> bool:
     """True when a drifted variable only takes effect at ProxySQL's start (the client listener).
 
