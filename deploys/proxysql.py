@@ -70,10 +70,12 @@ if state_output.strip() == "refused":
                       "(README, ProxySQL)")
 try:
     RUNNING = parse_state(state_output.splitlines())
-except ValueError as e:
-    raise DeployError(f"{host.name}: {e}") from None
-# a first start reads proxysql.cnf; afterwards ProxySQL runs (or will start) from proxysql.db: compare and fix it
-DRIFTS = drifts_to_fix(ROWS, RUNNING, has_own_db=bool(host.get_fact(File, path=f"{DATA_DIR}/proxysql.db")))
+    # a first start reads proxysql.cnf; afterwards ProxySQL runs (or will start) from proxysql.db: compare, fix
+    DRIFTS = drifts_to_fix(ROWS, RUNNING, has_own_db=bool(host.get_fact(File, path=f"{DATA_DIR}/proxysql.db")))
+except ValueError:
+    # ProxySQL answers, but the installed keybuzz-proxysql is an older version (other columns): this run installs
+    # the new one and rewrites every table (the rewrite is whole tables, so it is safe to repeat)
+    DRIFTS = drifts_to_fix(ROWS, None, has_own_db=True)
 
 # --- files ---------------------------------------------------------------------------------------------------
 

@@ -193,8 +193,11 @@ def test_no_rendered_file_and_no_command_binds_the_lb_address():
     assert LB_ADDRESS not in {ipaddress.ip_address(s.ip) for s in load_servers().servers if s.ip}
 
 
-def test_open_ports_are_the_client_port_only():
+def test_the_host_firewall_opens_the_client_port_and_never_the_admin_port():
+    from keybuzz.base_os.settings import open_ports
+
     assert OPEN_PORTS == ("tcp/3306",)
+    assert open_ports("proxysql") == (["3306"], [])  # what the base OS layer opens on proxysql-01/02
 
 
 # --------------------------------------------------------------------------- secrets: only ProxySQL's

@@ -88,6 +88,7 @@ def failover(target: Target) -> Report:
     report.add(f"writer before: {victim.name} {writer}")
     acknowledged: list[int] = []
     errors = 0
+    # a clean stop: the unit restarts a killed container by itself (Restart=always), a stop keeps it down
     stop = ssh.run(victim.ip, f"systemctl stop {MARIADB_SERVICE}", timeout=120)
     report.add(f"stopped {MARIADB_SERVICE} on {victim.name}", ok=stop.returncode == 0)
     stopped_at = time.monotonic()
