@@ -101,3 +101,44 @@ def test_dry_run_loads_on_hosts_without_proxysql_and_prints_no_secret(host):
         values |= {k: v.unmask() for k, v in credentials.load(brick, credentials.FileBackend(creds)).items()}
     secrets = [v for k, v in values.items() if "PASSWORD" in k]
     assert len(secrets) == 5 and not [v for v in secrets if v in output]
+
+
+def _exec(container: str, command: str) -> str:
+    return _docker("exec", container, "sh", "-c", command).stdout
+
+
+def test_deploy_runs_every_operation_up_to_the_image_pull_and_a_second_run_changes_none(host):
+    """Without --dry: every operation before the container's (packages, directories, the secret files, the host
+    tool) runs for real; the run stops at the image pull (these hosts have no Docker and no registry ships
+    ProxySQL). A second run changes none of them. The real MariaDB client reads the admin option file."""
+    env, creds = host
+    runs = [subprocess.run([pyinfra_command(), "-y", "-v", "inventory.py", "deploys/proxysql.py"], cwd=ROOT,
+                           env={**os.environ, **env}, capture_output=True, text=True, timeout=900)
+            for _ in range(2)]
+    secrets = [v.unmask() for brick in ("proxysql", "mariadb")
+               for k, v in credentials.load(brick, credentials.FileBackend(creds)).items() if "PASSWORD" in k]
+    for r in runs:
+        output = r.stdout + r.stderr
+        assert r.returncode != 0 and "--> Starting operation: Pull proxysql/proxysql:2.6.4" in output, output[-3000:]
+        assert not [s for s in secrets if s in output]
+    first, second = ((r.stdout + r.stderr).split("--> Starting operation: Pull proxysql/proxysql:2.6.4")[0]
+                     for r in runs)
+    assert "Install proxysql.cnf" in first and "] Success" in first and "] Error" not in first
+    assert "] Success" not in second and "] No changes" in second  # nothing before the pull changed again
+    for name in PROXYSQL_HOSTS:
+        container = f"{PREFIX}{name}"
+        modes = _exec(container, "stat -c '%u:%g %a %n' /opt/keybuzz/proxysql/conf/proxysql.cnf "
+                                 "/opt/keybuzz/proxysql/admin/client.cnf /usr/local/sbin/keybuzz-proxysql "
+                                 "/opt/keybuzz/proxysql/admin /opt/keybuzz/proxysql/data").split("\n")
+        assert modes[:5] == ["0:0 600 /opt/keybuzz/proxysql/conf/proxysql.cnf",
+                             "0:0 600 /opt/keybuzz/proxysql/admin/client.cnf",
+                             "0:0 755 /usr/local/sbin/keybuzz-proxysql",
+                             "0:0 700 /opt/keybuzz/proxysql/admin", "0:0 700 /opt/keybuzz/proxysql/data"]
+        assert _exec(container, "/usr/local/sbin/keybuzz-proxysql state") == "down\n"
+        parsed = _exec(container, "mariadb --defaults-extra-file=/opt/keybuzz/proxysql/admin/client.cnf "
+                                  "--print-defaults").split()
+        admin_password = credentials.load("proxysql", credentials.FileBackend(creds))["PROXYSQL_ADMIN_PASSWORD"]
+        # "mariadb would have been started with the following arguments: --socket=... (Debian's [client]) ..."
+        args = [a for a in parsed if a.startswith("--")]
+        assert args[-5:] == ["--host=127.0.0.1", "--port=6032", "--protocol=TCP", "--user=proxysql-admin",
+                             f"--password={admin_password.unmask()}"]
