@@ -6,6 +6,10 @@ monitor, no routing, no client protocol. What it emulates, and only that:
     twice, frontend and backend, as ProxySQL shows it); `SAVE <module> TO DISK` copies them to disk_* tables;
   * an `UPDATE global_variables` that changes no row fails (ProxySQL knows every variable: an unknown name would
     silently do nothing there, here it is an error);
+  * `LOAD MYSQL VARIABLES TO RUNTIME` refuses a new `mysql-interfaces` while one is bound and resets the memory
+    table to the running value (lib/MySQL_Thread.cpp set_variable "interfaces"; lib/ProxySQL_Admin.cpp "Impossible
+    to set variable ... Resetting to current"); `restart()` starts again from the disk_* tables, as ProxySQL
+    starts from proxysql.db;
   * `galera_monitor(...)`: what ProxySQL's Galera monitor does to runtime_mysql_servers (moves a writer's peers to
     the backup writer and reader hostgroups, a dead node to the offline one).
 
@@ -67,6 +71,12 @@ class AdminSchemaStandIn:
             target = "runtime_global_variables" if verb == "LOAD" else "disk_global_variables"
             self.db.execute("CREATE TABLE IF NOT EXISTS disk_global_variables AS SELECT * FROM global_variables "
                             "WHERE 0")
+            if verb == "LOAD":
+                bound = self.db.execute("SELECT variable_value FROM runtime_global_variables WHERE "
+                                        "variable_name='mysql-interfaces'").fetchone()
+                if prefix == "mysql-%" and bound and bound[0]:
+                    self.db.execute("UPDATE global_variables SET variable_value=? WHERE "
+                                    "variable_name='mysql-interfaces'", bound)
             self.db.execute(f"DELETE FROM {target} WHERE variable_name LIKE ?", (prefix,))
             self.db.execute(f"INSERT INTO {target} SELECT * FROM global_variables WHERE variable_name LIKE ?",
                             (prefix,))
@@ -84,6 +94,23 @@ class AdminSchemaStandIn:
             else:
                 self.db.execute(f"DELETE FROM runtime_{table}")
                 self.db.execute(f"INSERT INTO runtime_{table} SELECT * FROM {table}")
+
+    def restart(self) -> None:
+        """ProxySQL restarted with its proxysql.db: memory and runtime from disk (listeners bound anew)."""
+        tables = ["global_variables"] + [t for ts in MODULE_TABLES.values() for t in ts]
+        for table in tables:
+            if not self.db.execute("SELECT 1 FROM sqlite_master WHERE name=?", (f"disk_{table}",)).fetchone():
+                continue
+            if table == "global_variables":
+                self.db.execute("INSERT OR REPLACE INTO global_variables SELECT * FROM disk_global_variables")
+            else:
+                self.db.execute(f"DELETE FROM {table}")
+                self.db.execute(f"INSERT INTO {table} SELECT * FROM disk_{table}")
+        self.db.execute("DELETE FROM runtime_global_variables")
+        self.db.commit()
+        for module in ("MYSQL VARIABLES", "ADMIN VARIABLES", "MYSQL USERS", "MYSQL SERVERS", "MYSQL QUERY RULES"):
+            self._admin_command("LOAD", module, "RUNTIME")
+        self.db.commit()
 
     def galera_monitor(self, writer: str, offline: tuple[str, ...] = (), backup_hg: int = 20, reader_hg: int = 30,
                        offline_hg: int = 9999, writer_hg: int = 10) -> None:

@@ -85,6 +85,17 @@ def _applied(statements: list[str], standin: AdminSchemaStandIn | None = None) -
     return standin
 
 
+def _deployed(standin: AdminSchemaStandIn | None = None, rows=None) -> AdminSchemaStandIn:
+    """What a deploy run does to a running ProxySQL: read, diff, apply the fix, restart if a listener changed."""
+    standin = standin or AdminSchemaStandIn()
+    rows = rows or ROWS
+    drifts = diff(rows, parse_state(_state(standin)))
+    _applied(admin_sql(rows, drifts), standin)
+    if needs_restart(drifts):
+        standin.restart()
+    return standin
+
+
 # --------------------------------------------------------------------------- proxysql.cnf, parsed
 
 
@@ -126,6 +137,7 @@ def test_first_start_from_the_cnf_is_the_desired_state():
     apply), then to runtime: the deploy's diff then finds nothing to change."""
     from_file = _rows_from_cnf(_cnf())
     standin = AdminSchemaStandIn()
+    standin.execute("DELETE FROM runtime_global_variables")  # a first start: no listener bound yet
     for table, rows in from_file.items():
         for row in rows:
             if table == "global_variables":
@@ -228,7 +240,7 @@ def test_secrets_only_in_the_secret_files():
 
 
 def test_drift_messages_never_show_a_secret():
-    standin = _applied(admin_sql(ROWS, diff(ROWS, None)))
+    standin = _deployed()
     standin.execute("UPDATE mysql_users SET password='old-password-value'")
     standin.execute("UPDATE global_variables SET variable_value='old-monitor' WHERE variable_name="
                     "'mysql-monitor_password'")
@@ -245,6 +257,11 @@ def test_drift_messages_never_show_a_secret():
 
 def test_full_admin_sql_runs_on_proxysql_schema_and_leaves_no_drift():
     standin = _applied(admin_sql(ROWS, diff(ROWS, None)))
+    # everything applies at once but the client listener: refused while bound, saved to disk, so a restart
+    # binds it (ProxySQL 2.6.4, as the stand-in emulates)
+    assert [str(d) for d in diff(ROWS, parse_state(_state(standin)))] == [
+        "global_variables: mysql-interfaces is 0.0.0.0:6033, want 0.0.0.0:3306"]
+    standin.restart()
     assert diff(ROWS, parse_state(_state(standin))) == []
     # saved to disk too: what ProxySQL restarts with
     disk = standin.execute("SELECT hostname, weight FROM disk_mysql_servers ORDER BY hostname")
@@ -262,7 +279,7 @@ def test_defaults_of_a_fresh_proxysql_are_all_drift():
 
 
 def test_galera_monitor_moves_are_not_drift():
-    standin = _applied(admin_sql(ROWS, diff(ROWS, None)))
+    standin = _deployed()
     standin.galera_monitor(writer="10.0.0.170")
     assert diff(ROWS, parse_state(_state(standin))) == []
     standin.galera_monitor(writer="10.0.0.171", offline=("10.0.0.170",))
@@ -272,7 +289,7 @@ def test_galera_monitor_moves_are_not_drift():
 
 
 def test_drift_is_found_fixed_only_where_it_is_and_then_zero():
-    standin = _applied(admin_sql(ROWS, diff(ROWS, None)))
+    standin = _deployed()
     standin.galera_monitor(writer="10.0.0.170")
     # someone edits the running ProxySQL by hand
     standin.execute("UPDATE mysql_servers SET weight=1 WHERE hostname='10.0.0.172'")
@@ -300,7 +317,7 @@ def test_drift_is_found_fixed_only_where_it_is_and_then_zero():
 
 
 def test_a_changed_setting_is_drift_on_the_galera_row():
-    standin = _applied(admin_sql(ROWS, diff(ROWS, None)))
+    standin = _deployed()
     wanted = desired_rows(NODES, SECRETS, ProxySQLSettings(max_transactions_behind=50))
     assert [str(d) for d in diff(wanted, parse_state(_state(standin)))] == [
         "mysql_galera_hostgroups: 10: max_transactions_behind is 100, want 50"]
@@ -308,10 +325,23 @@ def test_a_changed_setting_is_drift_on_the_galera_row():
     assert diff(wanted, parse_state(_state(standin))) == []
 
 
-def test_admin_variables_are_loaded_last():
+def test_admin_variables_are_loaded_last_and_variables_saved_before_loaded():
     statements = admin_sql(ROWS, diff(ROWS, None))
     loads = [s for s in statements if s.startswith("LOAD")]
     assert loads[0] == "LOAD MYSQL VARIABLES TO RUNTIME" and loads[-1] == "LOAD ADMIN VARIABLES TO RUNTIME"
+    for module in ("MYSQL VARIABLES", "ADMIN VARIABLES"):
+        assert statements.index(f"SAVE {module} TO DISK") < statements.index(f"LOAD {module} TO RUNTIME")
+
+
+def test_a_listener_change_survives_the_restart_only_if_saved_before_the_load():
+    """The order matters on ProxySQL 2.6.4 (emulated): LOAD then SAVE would save the refused old listener."""
+    standin = AdminSchemaStandIn()
+    wrong_order = [s for s in admin_sql(ROWS, diff(ROWS, None)) if not s.startswith(("LOAD", "SAVE"))]
+    wrong_order += ["LOAD MYSQL VARIABLES TO RUNTIME", "SAVE MYSQL VARIABLES TO DISK"]
+    _applied(wrong_order, standin)
+    standin.restart()
+    assert any("mysql-interfaces" in str(d) for d in diff(ROWS, parse_state(_state(standin))))
+    assert diff(ROWS, parse_state(_state(_deployed()))) == []  # the layer's order: SAVE, LOAD, restart
 
 
 def test_schema_refuses_what_proxysql_refuses():
@@ -367,6 +397,7 @@ def test_host_tool_state_apply_and_writer_against_the_stand_in(host_tool, tmp_pa
     sql.write_text(sql_file(admin_sql(ROWS, diff(ROWS, parse_state(before.stdout.splitlines())))))
     applied = run("apply", str(sql))
     assert applied.returncode == 0, applied.stderr
+    standin.restart()  # mysql-interfaces changed: the deploy restarts ProxySQL (needs_restart)
     after = run("state")
     assert after.stdout.splitlines() == _state(standin)  # the bash tool prints what the Python side expects
     assert diff(ROWS, parse_state(after.stdout.splitlines())) == []

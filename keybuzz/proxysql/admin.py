@@ -332,7 +332,13 @@ def admin_sql(desired: dict[str, list[dict]], drifts: list[Drift]) -> list[str]:
     ordered = [m for m in loads if not m.endswith("@last")] + [m.removesuffix("@last") for m in loads
                                                                 if m.endswith("@last")]
     for module in ordered:
-        statements += [f"LOAD {module} TO RUNTIME", f"SAVE {module} TO DISK"]
+        if module.endswith("VARIABLES"):
+            # SAVE first: LOAD refuses a variable that only a restart applies (mysql-interfaces while bound) and
+            # resets it in memory to the running value (lib/ProxySQL_Admin.cpp, "Resetting to current"), so a
+            # SAVE after it would put the old value back on disk, and the restart would bind the old listener
+            statements += [f"SAVE {module} TO DISK", f"LOAD {module} TO RUNTIME"]
+        else:
+            statements += [f"LOAD {module} TO RUNTIME", f"SAVE {module} TO DISK"]
     return statements
 
 
