@@ -5,7 +5,8 @@ ProxySQL keeps three copies of its configuration: memory (the `mysql_servers`...
 (what it uses, `runtime_*`) and disk (proxysql.db). Once proxysql.db exists, proxysql.cnf is ignored at start.
 So the deploy reads runtime (`keybuzz-proxysql state` on the host, through the loopback admin interface), diffs
 it against `desired_rows` here, and when something differs writes the whole table again in memory, then
-`LOAD ... TO RUNTIME` and `SAVE ... TO DISK`. No difference: no SQL, no change reported.
+`LOAD ... TO RUNTIME` and `SAVE ... TO DISK` (variables: SAVE first, see admin_sql). No difference: no SQL, no
+change reported.
 
 Secrets are never read back in clear: the host tool prints `sha256:<hex>` of a secret column (the last column of
 its query), and the diff compares the sha256 of the desired value. ProxySQL 2.6 keeps mysql_users passwords in
