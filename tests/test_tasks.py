@@ -24,12 +24,12 @@ def test_unknown_layer_is_refused_listing_the_layers():
     assert "Traceback" not in result.stderr
 
 
-def test_unimplemented_layer_fails_clearly():
-    # a layer without a deploy file (proxysql when this was written; the last one in order that has none)
-    name = [layer.name for layer in LAYERS.values() if not layer.exists()][-1]
-    result = run(["invoke", "layer", "--name", name])
+def test_every_layer_of_the_design_has_its_deploy_and_an_unknown_name_fails_clearly():
+    assert [layer.name for layer in LAYERS.values() if not layer.exists()] == []
+    result = run(["invoke", "layer", "--name", "nosuch"])
     assert result.returncode != 0
-    assert f"keybuzz: layer '{name}' is not implemented yet (deploys/{name}.py does not exist)" in result.stderr
+    assert result.stderr.strip() == ("keybuzz: no layer 'nosuch'; layers in order: "
+                                     + ", ".join(LAYERS))
     assert "Traceback" not in result.stderr
 
 
