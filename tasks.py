@@ -96,21 +96,21 @@ def all_layers(c, lab=False, from_=None, dry=False, reports=None):
     layers = ordered()
     if from_ is not None and from_ not in LAYERS:
         raise _fail(f"--from {from_}: no such layer; layers in order: {', '.join(LAYERS)}")
-    try:
-        preflight([layer for layer in layers if layer.exists()])
-        inventory = run_all.inventory_id()
-    except InputError as e:
-        raise _fail(str(e)) from None
     say = run_all.Progress(lambda line: print(line, flush=True))
     deploy, dry_only = None, {}
     if lab:
         from keybuzz.lab import lab as lab_module
 
         try:
-            lab_module.start(say)  # from nothing: containers, registry, LB stand-in (no deploy)
+            lab_module.start(say)  # from nothing: containers, registry, LB stand-in, .lab/ files (no deploy)
         except lab_module.LabError as e:
             raise _fail(f"lab: {e}") from None
         deploy, dry_only = lab_module.deploy, {n: d["why"] for n, d in lab_module.DRY_ONLY.items()}
+    try:  # every input of every layer, before any host is contacted (a dry-only layer's own run checks its own)
+        preflight([layer for layer in layers if layer.exists() and layer.name not in dry_only])
+        inventory = run_all.inventory_id()
+    except InputError as e:
+        raise _fail(str(e)) from None
     previous = run_all.latest_report(inventory, reports) if from_ else None
     try:
         report = run_all.run(layers, run_all.real_actions(deploy), inventory=inventory, dry=dry, start=from_,
