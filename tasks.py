@@ -96,7 +96,8 @@ def all_layers(c, lab=False, from_=None, dry=False, reports=None):
     layers = ordered()
     if from_ is not None and from_ not in LAYERS:
         raise _fail(f"--from {from_}: no such layer; layers in order: {', '.join(LAYERS)}")
-    say = run_all.Progress(lambda line: print(line, flush=True))
+    hidden = run_all.secret_values()  # whatever a check or pyinfra prints, no credential value reaches the screen
+    say = run_all.Progress(lambda line: print(run_all.redact(line, hidden), flush=True))
     deploy, dry_only = None, {}
     if lab:
         from keybuzz.lab import lab as lab_module
@@ -106,6 +107,7 @@ def all_layers(c, lab=False, from_=None, dry=False, reports=None):
         except lab_module.LabError as e:
             raise _fail(f"lab: {e}") from None
         deploy, dry_only = lab_module.deploy, {n: d["why"] for n, d in lab_module.DRY_ONLY.items()}
+        hidden[:] = run_all.secret_values()  # the lab's credentials exist now
     try:  # every input of every layer, before any host is contacted (a dry-only layer's own run checks its own)
         preflight([layer for layer in layers if layer.exists() and layer.name not in dry_only])
         inventory = run_all.inventory_id()
@@ -118,12 +120,13 @@ def all_layers(c, lab=False, from_=None, dry=False, reports=None):
     except ValueError as e:  # --from refused
         raise _fail(str(e)) from None
     md, js = run_all.write_report(report, reports)
-    print(run_all.summary(report), flush=True)
+    print(run_all.redact(run_all.summary(report), hidden), flush=True)
     print(f"report: {md} and {js}", flush=True)
     if report.stopped:
         s = report.stopped
-        raise _fail(f"all stopped at layer {s['layer']}, {s['step']}{' ' + s['check'] if s['check'] else ''}: "
-                    f"{s['reason']}\n  next: {s['next']}")
+        raise _fail(run_all.redact(f"all stopped at layer {s['layer']}, {s['step']}"
+                                   f"{' ' + s['check'] if s['check'] else ''}: {s['reason']}\n  next: {s['next']}",
+                                   hidden))
 
 
 @task(help={"name": "layer to check", "failover": "controlled failover, measures the gap",

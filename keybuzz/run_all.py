@@ -326,6 +326,7 @@ def _deploy(layer: Layer, result: LayerResult, actions: Actions, dry: bool, say:
     result.changes = deployed.changes if deployed.changes >= 0 else None
     if dry:
         result.planned = planned_changes(deployed.output)
+        say("would change:\n" + ("\n".join("  " + line for line in result.planned) or "  nothing detected"))
     if not deployed.ok:
         result.deploy, result.status = "failed", "red"
         tail = [strip_colors(line) for line in deployed.output.splitlines()[-30:]]
@@ -585,7 +586,7 @@ def layer_versions(layer: Layer, pins: Mapping | None = None, ask: Callable[[str
     from keybuzz.versions import load_versions
 
     pins = pins if pins is not None else load_versions()
-    keys = VERSION_KEYS.get(layer.name, ())
+    keys = VERSION_KEYS.get(layer.name) or tuple(k for k in pins if k.startswith(f"{layer.name}_"))
     out: dict = {key: {"pinned": str(pins.get(key, "?"))} for key in keys}
     images = {_repo_name(str(pins[k])): k for k in keys if k.endswith("_image") and pins.get(k)}
     if not images:
