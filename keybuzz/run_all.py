@@ -255,7 +255,7 @@ def run(layers: Sequence[Layer], actions: Actions, *, inventory: dict, dry: bool
     report says where it stopped (`report.stopped`) and what to do next.
 
     `dry_only`: {layer: why} deployed with --dry and never checked (the lab, lab/lab.yaml). `previous`: the latest
-    report of the same inventory (a dict, read_report), whose green layers before `start` are carried over;
+    report of the same inventory (a dict, latest_report), whose green layers before `start` are carried over;
     `start` is refused (ValueError) when one of them is not green there.
     """
     dry_only = dict(dry_only or {})
@@ -321,7 +321,10 @@ def _deploy(layer: Layer, result: LayerResult, actions: Actions, dry: bool, say:
                 "next": f"write {layer.deploy} (a missing layer is red, never skipped), then "
                         f"`invoke all --from {layer.name}`"}
     say(f"deploying layer {layer.name} ({layer.help}){' with --dry' if dry else ''}")
-    deployed = actions.deploy(layer, dry, deploy_lines(say))
+    try:
+        deployed = actions.deploy(layer, dry, deploy_lines(say))
+    except Exception as e:  # pyinfra missing, the lab refusing...: a red deploy, reported, never a traceback
+        deployed = DeployResult(False, -1, f"{type(e).__name__}: {e}", 0.0)
     result.seconds += deployed.seconds
     result.changes = deployed.changes if deployed.changes >= 0 else None
     if dry:

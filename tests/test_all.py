@@ -143,6 +143,18 @@ def test_a_failover_that_loses_messages_stops_the_run_at_once_with_its_figures()
     assert (failover.verdict, failover.metrics) == ("red", {"gap_s": 2.1, "lost": 3})
 
 
+def test_a_deploy_that_raises_is_a_red_deploy():
+    world = World()
+
+    def refuse(layer, dry, progress):
+        raise RuntimeError("lab/lab.yaml: layer k3s runs in the lab with --dry only")
+    actions = world.actions()
+    actions.deploy = refuse
+    report = run_all.run(ordered(), actions, inventory=INVENTORY, progress=run_all.Progress(lambda _: None, 0))
+    assert report.stopped["layer"] == "base_os" and report.stopped["step"] == "deploy"
+    assert report.layer("base_os").note == "RuntimeError: lab/lab.yaml: layer k3s runs in the lab with --dry only"
+
+
 def test_a_crashing_check_is_red():
     world = World(fail={("k3s", "perf"): "raise"})
     report, _ = _run(world)
