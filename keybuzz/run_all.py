@@ -269,8 +269,10 @@ def run(layers: Sequence[Layer], actions: Actions, *, inventory: dict, dry: bool
         for name in names[:names.index(start)]:
             report.layers[names.index(name)] = carried(previous, name, start)
     by_name = {layer.name: layer for layer in layers}
+    steps = plan(layers, start)
+    step = steps[0]
     try:
-        for step in plan(layers, start):
+        for step in steps:
             layer, result = by_name[step.layer], report.layer(step.layer)
             if not result.hosts:
                 try:
@@ -285,6 +287,11 @@ def run(layers: Sequence[Layer], actions: Actions, *, inventory: dict, dry: bool
                 report.stopped = stop
                 report.status = "red"
                 break
+    except KeyboardInterrupt:  # the operator stopped it: the report still says how far it went
+        report.stopped = {"layer": step.layer, "step": step.kind, "check": None, "reason": "interrupted (Ctrl-C)",
+                          "next": f"`invoke all --from {step.layer}`"}
+        report.status = "red"
+        report.layer(step.layer).status = "red"
     finally:
         say.stop()
     report.finished = time.time()

@@ -155,6 +155,21 @@ def test_a_deploy_that_raises_is_a_red_deploy():
     assert report.layer("base_os").note == "RuntimeError: lab/lab.yaml: layer k3s runs in the lab with --dry only"
 
 
+def test_an_interrupted_run_still_reports_how_far_it_went():
+    world = World()
+    actions = world.actions()
+
+    def interrupted(layer, kind):
+        if (layer.name, kind) == ("rabbitmq", "perf"):
+            raise KeyboardInterrupt
+        return world.check(layer, kind)
+    actions.check = interrupted
+    report = run_all.run(ordered(), actions, inventory=INVENTORY, progress=run_all.Progress(lambda _: None, 0))
+    assert report.status == "red" and report.stopped["reason"] == "interrupted (Ctrl-C)"
+    assert (report.stopped["layer"], report.layer("redis").status, report.layer("rabbitmq").status) == (
+        "rabbitmq", "green", "red")
+
+
 def test_a_crashing_check_is_red():
     world = World(fail={("k3s", "perf"): "raise"})
     report, _ = _run(world)
