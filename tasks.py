@@ -2,7 +2,7 @@
 
     invoke credentials.init            create missing credentials (random, root:root 0600)
     invoke layer --name redis          deploy one layer, then run its checks
-    invoke all                         every layer in the design's order, stop at the first failure
+    invoke all [--from L] [--dry]      every layer in order with diag/failover/perf, stop at the first red, report
     invoke check --name redis          diag (add --failover / --perf)
     invoke apps [--render DIR]         KeyBuzz's apps on K3s, only when every layer is green (§G)
     invoke versions.check [--lock F]   every pinned image's digest from its registry (or the mirror)
@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from invoke import Collection, Exit, task
 
-from keybuzz import credentials, runner, versions
+from keybuzz import credentials, run_all, runner, versions
 from keybuzz.errors import InputError
 from keybuzz.inventory import preflight
 from keybuzz.layers import LAYERS, ordered
@@ -85,17 +86,47 @@ def layer(c, name, lab=False, verbose=0):
         raise _fail(f"layer {name} deployed but its checks failed")
 
 
-@task(name="all", help={"lab": "target the local lab"})
-def all_layers(c, lab=False):
-    """Every implemented layer in the design's order (§G); stops at the first failure."""
+@task(name="all", help={"lab": "target the local lab (started if needed; its dry_only layers run with --dry only)",
+                         "from": "resume at this layer (earlier layers must be green in the latest report)",
+                         "dry": "show what each layer would change; change nothing, check nothing",
+                         "reports": f"report directory (default $KEYBUZZ_REPORTS_DIR or {run_all.REPORTS_DIR})"})
+def all_layers(c, lab=False, from_=None, dry=False, reports=None):
+    """Every layer in order (§G), each followed by diag, failover and perf; stops at the first red; writes a report."""
     _apply_env(lab)
-    for chosen in ordered():
-        if not chosen.exists():
-            print(f"==> layer {chosen.name}: not implemented yet, skipped")
-            continue
-        run_layer(chosen)
-        if not run_checks(chosen):
-            raise _fail(f"checks of layer {chosen.name} failed; later layers not run")
+    layers = ordered()
+    if from_ is not None and from_ not in LAYERS:
+        raise _fail(f"--from {from_}: no such layer; layers in order: {', '.join(LAYERS)}")
+    hidden = run_all.secret_values()  # whatever a check or pyinfra prints, no credential value reaches the screen
+    say = run_all.Progress(lambda line: print(run_all.redact(line, hidden), flush=True))
+    deploy, dry_only = None, {}
+    if lab:
+        from keybuzz.lab import lab as lab_module
+
+        try:
+            lab_module.start(say)  # from nothing: containers, registry, LB stand-in, .lab/ files (no deploy)
+        except lab_module.LabError as e:
+            raise _fail(f"lab: {e}") from None
+        deploy, dry_only = lab_module.deploy, {n: d["why"] for n, d in lab_module.DRY_ONLY.items()}
+        hidden[:] = run_all.secret_values()  # the lab's credentials exist now
+    try:  # every input of every layer, before any host is contacted (a dry-only layer's own run checks its own)
+        preflight([layer for layer in layers if layer.exists() and layer.name not in dry_only])
+        inventory = run_all.inventory_id()
+    except InputError as e:
+        raise _fail(str(e)) from None
+    previous = run_all.latest_report(inventory, reports) if from_ else None
+    try:
+        report = run_all.run(layers, run_all.real_actions(deploy), inventory=inventory, dry=dry, start=from_,
+                             dry_only=dry_only, previous=previous, lab=lab, progress=say)
+    except ValueError as e:  # --from refused
+        raise _fail(str(e)) from None
+    md, js = run_all.write_report(report, reports)
+    print(run_all.redact(run_all.summary(report), hidden), flush=True)
+    print(f"report: {md} and {js}", flush=True)
+    if report.stopped:
+        s = report.stopped
+        raise _fail(run_all.redact(f"all stopped at layer {s['layer']}, {s['step']}"
+                                   f"{' ' + s['check'] if s['check'] else ''}: {s['reason']}\n  next: {s['next']}",
+                                   hidden))
 
 
 @task(help={"name": "layer to check", "failover": "controlled failover, measures the gap",
@@ -140,13 +171,13 @@ def apps(c, lab=False, render=None):
             (out / f"{app.name}.yaml").write_text(k3s_apps.to_yaml(mine))
         print(f"{len(listed)} apps rendered into {out}/ (no Secret: they are created at deploy time)")
         return
-    results = {layer.name: (runner.run_checks(layer) if layer.exists() else None) for layer in ordered()}
-    for reports in results.values():
-        for report in reports or []:
-            print(report, flush=True)
-    reasons = k3s_apps.apps_gate(results)
+    inventory = run_all.inventory_id()
+    latest = run_all.latest_report(inventory)
+    reasons = k3s_apps.apps_gate(latest, inventory, time.time(), list(LAYERS))
     if reasons:
-        raise _fail("apps refused: the infrastructure is not 100 % green (design §G):\n  " + "\n  ".join(reasons))
+        raise _fail("apps refused: the latest `invoke all` report of this inventory is not 100 % green and recent "
+                    "(design §G):\n  " + "\n  ".join(reasons))
+    print(f"gate: {latest['file']} is green", flush=True)
     try:
         plan.require_addresses(("k3s_masters",))
         secrets = k3s_apps.secrets(listed, namespace, credentials.load)  # every brick read before any change

@@ -118,6 +118,12 @@ def run_checks(layer: Layer, kinds: Iterable[str] = ("diag",), target: Target | 
     for kind in kinds:
         if kind not in CHECK_KINDS:
             raise ValueError(f"unknown check {kind!r}; checks: {', '.join(CHECK_KINDS)}")
+        why = (getattr(module, "NOT_APPLICABLE", None) or {}).get(kind)
+        if why:  # a check the layer declares meaningless for it (base_os failover): said, never run
+            report = Report(f"{layer.name} {kind}")
+            report.add(f"not applicable: {why}")
+            reports.append(report)
+            continue
         try:
             reports.append(getattr(module, kind)(target))
         except Exception as e:  # a crashing check is a red check, reported with its reason

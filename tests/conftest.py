@@ -80,6 +80,8 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.lab)
         elif stem.endswith("_cluster") or stem == "test_lab_images" or "lab_image" in item.fixturenames:
             item.add_marker(pytest.mark.containers)
+    # `invoke all --lab` takes the lab down and replays everything from no lab at all: after every other test
+    items.sort(key=lambda item: item.path.stem == "test_all_lab")
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -11,7 +11,6 @@ import pytest
 import yaml
 
 from helpers import ROOT, run
-from keybuzz.checks import Report
 from keybuzz.errors import InputError
 from keybuzz.k3s.apps import (
     APP_VARS,
@@ -209,21 +208,40 @@ def test_bad_app_lines_are_refused_with_file_and_line(tmp_path, old, new, reason
 # --- the gate: `invoke apps` only on a 100 % green infrastructure (§G) --------------------------------------------
 
 
-def _report(title, ok=True, line="all good"):
-    r = Report(title)
-    r.add(line, ok=ok)
-    return r
+INVENTORY = {"path": "servers.tsv", "sha256": "a" * 64}
 
 
-def test_gate_lets_apps_run_when_every_layer_is_green():
-    assert apps_gate({"base_os": [], "redis": [_report("redis diag")], "k3s": [_report("k3s diag")]}) == []
+def _run_report(statuses: dict, finished: float, status: str = "green") -> dict:
+    """An `invoke all` report (the JSON keybuzz.run_all writes) with each layer's status."""
+    layers = []
+    for name, layer_status in statuses.items():
+        checks = [{"kind": "diag", "verdict": "green", "lines": ["  ok"]},
+                  {"kind": "failover", "verdict": "red" if layer_status == "red" else "green",
+                   "lines": ["! redis-02 did not rejoin"] if layer_status == "red" else ["  gap 1 s"]}]
+        layers.append({"name": name, "status": layer_status, "checks": checks, "note": "", "finished": finished})
+    return {"inventory": INVENTORY, "dry": False, "status": status, "layers": layers, "finished": finished,
+            "file": ".keybuzz/reports/r.json"}
 
 
-def test_gate_refuses_apps_while_a_layer_is_red_or_missing():
-    reasons = apps_gate({"redis": [_report("redis diag", ok=False, line="redis-02 down")],
-                         "minio": None, "k3s": [_report("k3s diag")]})
-    assert reasons == ["redis: redis diag is red: redis-02 down",
-                       "minio: not deployed by this code yet (deploys/minio.py missing)"]
+def test_gate_lets_apps_run_on_a_recent_100_percent_green_report():
+    now = 1_800_000_000.0
+    report = _run_report({"base_os": "green", "redis": "carried", "k3s": "green"}, now - 600)
+    assert apps_gate(report, INVENTORY, now, ["base_os", "redis", "k3s"]) == []
+
+
+def test_gate_refuses_apps_on_a_red_old_partial_or_absent_report():
+    now = 1_800_000_000.0
+    names = ["base_os", "redis", "minio", "k3s"]
+    red = _run_report({"base_os": "green", "redis": "red", "minio": "dry-only", "k3s": "not run"}, now - 60, "red")
+    assert apps_gate(red, INVENTORY, now, names) == [
+        ".keybuzz/reports/r.json: the run is red", "redis: red: failover red: redis-02 did not rejoin",
+        "minio: dry-only", "k3s: not run"]
+    old = _run_report(dict.fromkeys(names, "green"), now - 7 * 3600)
+    assert apps_gate(old, INVENTORY, now, names) == [
+        ".keybuzz/reports/r.json: its oldest layer result is 7.0 h old (bound 6 h): run `invoke all` again"]
+    assert apps_gate(old, INVENTORY, now, names, max_age_s=8 * 3600) == []
+    assert apps_gate(None, INVENTORY, now, names) == [
+        f"no `invoke all` report of this inventory (servers.tsv, sha256 {'a' * 12}): run `invoke all`"]
 
 
 def test_invoke_apps_refuses_the_repo_list_until_own_images_are_filled():

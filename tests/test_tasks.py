@@ -42,9 +42,9 @@ def test_layer_with_bad_servers_file_stops_before_pyinfra(tmp_path):
 
 
 def test_check_without_checks_is_refused():
-    result = run(["invoke", "check", "--name", "base_os"])
+    result = run(["invoke", "check", "--name", "base_oss"])
     assert result.returncode != 0
-    assert "keybuzz: no checks for 'base_os'" in result.stderr
+    assert "keybuzz: no checks for 'base_oss'; layers with checks: base_os, db" in result.stderr
 
 
 def test_versions_check_reports_an_unreachable_registry_per_image(tmp_path):

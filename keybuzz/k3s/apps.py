@@ -25,6 +25,7 @@ import yaml
 from keybuzz import ROOT
 from keybuzz.errors import InputError
 from keybuzz.k3s.settings import INGRESS_CLASS
+from keybuzz.run_all import REPORT_MAX_AGE_S, first_red
 from keybuzz.versions import check_pin
 
 APPS_FILE = ROOT / "apps.yaml"  # $KEYBUZZ_APPS names another (a site's own copy)
@@ -324,24 +325,41 @@ def secrets(apps: Sequence[App], namespace: str, load: Callable[[str], Mapping])
 # --- the gate (§G: 100 % green before the apps) ------------------------------------------------------------------
 
 
-def apps_gate(results: Mapping[str, Sequence | None]) -> list[str]:
-    """Why `invoke apps` must not run: one line per infrastructure layer that is not green; [] lets it run.
+def apps_gate(report: Mapping | None, inventory: Mapping, now: float, layers: Iterable[str],
+              max_age_s: float = REPORT_MAX_AGE_S) -> list[str]:
+    """Why `invoke apps` must not run, one line each; [] lets it run (pure: the caller reads the report).
 
-    `results` maps each layer, in order, to its check reports (keybuzz.checks.Report), or None when the layer
-    is not deployed by this code yet (no deploys/<layer>.py). A layer without checks ([]) proves nothing and
-    does not block (base_os: its deploy is its check).
+    `report` is the latest real `invoke all` report of the servers file whose content is `inventory`
+    (keybuzz.run_all.latest_report, a dict), or None. It lets the apps run only when every one of `layers` is
+    green in it (carried over from an earlier green run by `--from` counts), the run is not a --dry run, and its
+    oldest layer result is at most `max_age_s` old at `now` (time.time()).
 
-    >>> from keybuzz.checks import Report
-    >>> apps_gate({"redis": [Report("redis diag")], "minio": None})
-    ['minio: not deployed by this code yet (deploys/minio.py missing)']
+    >>> apps_gate(None, {"path": "servers.tsv", "sha256": "ab"}, 0, ["redis"])
+    ['no `invoke all` report of this inventory (servers.tsv, sha256 ab): run `invoke all`']
     """
-    reasons = []
-    for name, reports in results.items():
-        if reports is None:
-            reasons.append(f"{name}: not deployed by this code yet (deploys/{name}.py missing)")
-            continue
-        for report in reports:
-            if not report.ok:
-                bad = next((line.strip("! ") for line in report.lines if line.startswith("!")), "")
-                reasons.append(f"{name}: {report.title} is red{': ' + bad if bad else ''}")
+    if report is None:
+        return [f"no `invoke all` report of this inventory ({inventory['path']}, sha256 {inventory['sha256'][:12]}):"
+                " run `invoke all`"]
+    where = report.get("file", "the latest report")
+    if report.get("inventory", {}).get("sha256") != inventory["sha256"]:
+        return [f"{where} is of another inventory: run `invoke all`"]
+    if report.get("dry"):
+        return [f"{where} is a --dry run: run `invoke all`"]
+    reasons = [] if report.get("status") == "green" else [f"{where}: the run is {report.get('status', '?')}"]
+    by_name = {r["name"]: r for r in report.get("layers", [])}
+    for name in layers:
+        r = by_name.get(name)
+        if r is None:
+            reasons.append(f"{name}: not in {where}")
+        elif r["status"] not in ("green", "carried"):
+            why = r.get("note", "").splitlines()[0] if r.get("note") else ""
+            red = [c for c in r.get("checks", []) if c["verdict"] == "red"]
+            if red:
+                why = f"{red[0]['kind']} red: {first_red(red[0]['lines'])}"
+            reasons.append(f"{name}: {r['status']}{': ' + why if why else ''}")
+    times = [r.get("finished") or 0 for r in by_name.values()] or [report.get("finished") or 0]
+    age = now - min(times)
+    if age > max_age_s:
+        reasons.append(f"{where}: its oldest layer result is {age / 3600:.1f} h old (bound {max_age_s / 3600:.0f} h):"
+                       " run `invoke all` again")
     return reasons
