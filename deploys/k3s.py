@@ -60,6 +60,7 @@ STARTING: set = ctx.ask_once("which nodes this run starts", set)  # one set shar
 def artifact_missing(asset: str):
     """Stands for an upload in the labelled dry run without artifacts: nothing is uploaded, nothing changes."""
     host.noop(f"DRY RUN WITHOUT ARTIFACTS: {asset} not uploaded ({K.DRY_WITHOUT_ARTIFACTS_ENV}=1)")
+    yield from ()  # an operation is a generator of commands: here, none
 
 
 # --- refuse what would break the node or the cluster, before anything changes --------------------------------
