@@ -161,7 +161,9 @@ files.file(name="No leftover bootstrap flag (bootstrap.d/new-cluster.cnf)",
 unit = container_unit(SERVICE, IMAGE, command=mysqld_command(S), run_args=mysqld_run_args(S), stop_timeout=120,
                       description="KeyBuzz MariaDB Galera node")
 systemd.daemon_reload(name="systemd daemon-reload", _if=any_changed(*unit))
-systemd.service(name="mariadb enabled at boot (a rebooted node rejoins by itself)", service=SERVICE, enabled=True)
+# running=None: enable only; starting belongs to the converge step below (pyinfra starts by default)
+systemd.service(name="mariadb enabled at boot (a rebooted node rejoins by itself)", service=SERVICE, running=None,
+                enabled=True)
 
 # --- activation ---------------------------------------------------------------------------------------------------
 

@@ -121,6 +121,29 @@ def test_diag_and_perf_checks_on_the_running_cluster(tb):
     assert all(v > 0 for v in perf.metrics.values()) and len(perf.metrics) == 6
 
 
+def test_the_writer_proxysqls_rules_choose_follows_the_real_cluster(tb):
+    """Issue 12 §5: the routing rules' intent against real Galera. ProxySQL is not here; what its Galera hostgroup
+    rules would put in the writer hostgroup (keybuzz.proxysql.admin.expected_writer, from ProxySQL 2.6.4's source)
+    is computed from each node's state read with ProxySQL's own health-check query as the monitor user: maria-01
+    while it is Synced, maria-02 once maria-01 is gone, maria-01 again after it rejoins (failback)."""
+    from keybuzz.proxysql.admin import expected_writer, read_node_state
+    from keybuzz.proxysql.settings import server_weights
+
+    a = tb.accounts
+
+    def writer() -> list[str]:
+        return expected_writer([read_node_state(tb.node_ip(i), 3306, w, a.monitor_user, a.monitor_password)
+                                for i, w in enumerate(server_weights(len(NAMES)))])
+
+    assert writer() == [tb.node_ip(0)]
+    tb.kill(0)
+    wait_for(lambda: writer() == [tb.node_ip(1)], 60, 0.5, "maria-02 chosen as the writer")
+    tb.converge()
+    tb.wait_synced(0)
+    tb.wait_cluster(3)
+    assert writer() == [tb.node_ip(0)]
+
+
 def test_node_killed_while_writing_loses_no_commit_and_rejoins(tb):
     writer = _writer(tb, "kill", [0, 1, 2]).start()
     time.sleep(3)

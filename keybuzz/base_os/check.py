@@ -32,7 +32,7 @@ HOST_FACTS = (
     'echo "timesyncd=$(systemctl is-enabled systemd-timesyncd.service)"; '
     'echo "nft=$(nft list tables 2>/dev/null | grep -c \'inet keybuzz\')"; '
     f'echo "sysctl=$(test -s {SYSCTL_FILE} && echo 1 || echo 0)"; '
-    f'echo "hosts=$(grep -c \'^{HOSTS_BEGIN}$\' /etc/hosts)"'
+    f'echo "hosts=$(grep -c \'^{HOSTS_BEGIN}\' /etc/hosts)"'  # the marker starts the line
 )
 
 
