@@ -37,6 +37,7 @@ from keybuzz.haproxy.settings import (
     HAPROXY_UID,
     RUN_DIR,
     UPDATE_CONF_FILE,
+    UPDATE_LOCK,
     cfg_master,
     render_haproxy_cfg,
     render_update_conf,
@@ -91,8 +92,8 @@ unit = container_unit(
     description="KeyBuzz HAProxy (5432, 6432, 6379, 5672)",
 )
 cfg_op = validated_file(
-    name="Install haproxy.cfg (validated with haproxy -c first)",
-    dest=CFG, check=CHECK_TOOL,
+    name="Install haproxy.cfg (validated with haproxy -c first, under redis-update-master.sh's lock)",
+    dest=CFG, check=CHECK_TOOL, lock=UPDATE_LOCK,
     content=render_haproxy_cfg(host.name, ME, {layer: ctx.addresses(layer) for layer in ctx.layer.renders},
                                redis_master=redis_master_for_cfg()),
 )

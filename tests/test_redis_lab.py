@@ -273,6 +273,41 @@ def test_a_stopped_master_host_fails_over_and_rejoins_as_replica(lab, deployed):
     assert _sentinel_master(lab) == new  # it came back as a replica: no second failover
 
 
+def test_a_killed_master_host_comes_back_as_a_replica_never_a_master(lab, deployed):
+    """Issue 10 §2: power-cut the master's host, wait for the failover, start the host again and ask its Redis
+    ROLE every 50 ms from the moment it accepts connections: never `master` (keybuzz-redis-start-gate)."""
+    wait_for(lambda: _healthy(lab), 120, what="cluster healthy before the kill")
+    old = _sentinel_master(lab)
+    old_ip = old.split(":")[0]
+    host = next(h for h, ip in REDIS_HOSTS.items() if ip == old_ip)
+    lab.kill_host(host)
+    new = wait_for(lambda: (m := _sentinel_master(lab)) and m != old and m, 60, 0.2, "the Sentinels' failover")
+    lab.start_host(host, wait=False)
+    client = no_retry_client(old_ip, REDIS_PORT, _admin(lab), timeout=0.5)
+    roles: list[str] = []
+    deadline = time.monotonic() + 240  # host boot, dockerd, the gate, then Redis
+    try:
+        while time.monotonic() < deadline:
+            try:
+                role = client.execute_command("ROLE")
+            except Exception:  # noqa: BLE001 - not accepting connections yet
+                if roles:
+                    raise  # it answered once: from then on every poll must answer
+                time.sleep(0.05)
+                continue
+            roles.append(role[0])
+            if role[0] == "slave" and role[1] == new.split(":")[0] and role[3] == "connected":
+                break
+            time.sleep(0.05)
+    finally:
+        client.close()
+    assert roles, f"Redis on {host} never accepted connections again"
+    assert "master" not in roles, f"{host} answered ROLE master {roles.count('master')} times"
+    assert roles[-1] == "slave", roles[-5:]
+    assert _sentinel_master(lab) == new  # no second failover
+    wait_for(lambda: _healthy(lab), 120, what="diag green with the old master as a replica")
+
+
 def test_check_failover_and_perf_work_against_the_lab(lab, deployed):
     from keybuzz.checks import Target
     from keybuzz.redis.check import failover, perf

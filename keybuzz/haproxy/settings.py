@@ -26,6 +26,10 @@ CONTAINER_CFG_DIR = "/usr/local/etc/haproxy"
 CFG = f"{CONF_DIR}/haproxy.cfg"
 CHECK_TOOL = "/usr/local/sbin/keybuzz-haproxy-check"
 UPDATE_CONF_FILE = "/etc/keybuzz/redis-update-master.conf"
+# redis-update-master.sh's root-only runtime directory (lock, state, temporary files): the deploy installs
+# haproxy.cfg under the same lock, so the two never race on it (issue 10 §4)
+UPDATE_RUN_DIR = "/run/keybuzz-redis-update"
+UPDATE_LOCK = f"{UPDATE_RUN_DIR}/lock"
 # the layers whose frontends HAProxy carries, in the order of haproxy.cfg (design §A: 5432, 6432, 6379, 5672)
 FRONTED = ("db", "redis", "rabbitmq")
 
