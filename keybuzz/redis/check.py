@@ -151,7 +151,10 @@ def diag(target: Target, require_haproxy: bool = False) -> Report:
     for server in target.plan.group("haproxy"):  # the follower says why it does not follow (issue 10 §4)
         try:
             answer = ssh.run(server.ip, FOLLOWER_PROBE, timeout=30)
-            report.add(*follower_line(server.name, answer.stdout))
+            if answer.returncode == 255:  # ssh itself failed: say so, not "never followed"
+                report.add(f"{server.name} follower: state unknown (ssh failed)", ok=False)
+            else:
+                report.add(*follower_line(server.name, answer.stdout))
         except (OSError, subprocess.SubprocessError) as e:
             report.add(f"{server.name} follower: state unknown ({type(e).__name__})", ok=False)
 
