@@ -304,20 +304,22 @@ def container_unit(
     return (unit,)
 
 
-def restart_if(service: str, *changed, serial: bool = False):
+def restart_if(service: str, *changed, serial: bool = False, ready: str | None = None):
     """Enable `service` and start it; restart it only if it was already running and one of `changed`
     (OperationMeta) changed: a service this run installs or starts picks its new files up by starting.
+    `ready`: a bounded command run right after the restart that succeeds once the service serves again; with
+    `serial` the next host restarts only then (`systemctl restart` returns as soon as the container is spawned).
 
     Example::
 
-        restart_if("haproxy", cfg_op, *unit_ops, serial=True)   # one host at a time
+        restart_if("haproxy", cfg_op, *unit_ops, serial=True, ready=HAPROXY_READY)   # one host at a time
     """
     was_active = host.get_fact(ServiceActive, service=service)
     systemd.daemon_reload(name="systemd daemon-reload", _if=any_changed(*changed))
     systemd.service(name=f"Enable and start {service}", service=service, running=True, enabled=True)
     server.shell(
         name=f"Restart {service} (its definition changed)",
-        commands=[f"systemctl restart {shlex.quote(service)}"],
+        commands=[f"systemctl restart {shlex.quote(service)}", *([ready] if ready else [])],
         _if=lambda: was_active and any_changed(*changed)(),
         _serial=serial,
     )

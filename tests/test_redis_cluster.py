@@ -597,3 +597,17 @@ def test_the_master_is_handed_over_before_a_restart_and_no_acknowledged_write_is
                                 "SENTINEL_CONTAINER": tb.docker(f"sentinel-{old_i + 1}").name})
     assert again.returncode == 0 and "nothing to hand over" in again.stdout
     _heal(tb)
+
+
+def test_the_haproxy_ready_command_waits_until_haproxy_serves(tb):
+    """What the haproxy deploy runs after restarting HAProxy on one host, before the next (restart_if(ready=)):
+    it returns at once when HAProxy serves, and waits (bounded) while nothing listens."""
+    from keybuzz.haproxy.settings import READY_COMMAND, STATS_PORT
+
+    start = time.monotonic()
+    rc, out = tb.exec("haproxy", READY_COMMAND, timeout=90)
+    assert rc == 0 and time.monotonic() - start < 5, out
+    not_serving = READY_COMMAND.replace(f"/{STATS_PORT})", "/8499)").replace("timeout 60", "timeout 2")
+    start = time.monotonic()
+    rc, out = tb.exec("haproxy", not_serving, timeout=30)
+    assert rc == 124 and 1.5 < time.monotonic() - start < 10, out

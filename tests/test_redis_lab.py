@@ -311,6 +311,36 @@ def test_a_killed_master_host_comes_back_as_a_replica_never_a_master(lab, deploy
     wait_for(lambda: _healthy(lab), 120, what="diag green with the old master as a replica")
 
 
+def test_haproxy_restarts_one_host_at_a_time_each_serving_before_the_next(lab, deployed):
+    """Issue 10 §4: a changed haproxy unit restarts haproxy-01 then haproxy-02, the second only once the first
+    serves again (restart_if(ready=...)): polled every 50 ms from here, never both Redis frontends closed."""
+    import threading
+
+    proxies = [(h.ip, REDIS_PORT) for h in lab.TOPOLOGY if h.role == "haproxy"]
+    for h in lab.TOPOLOGY:
+        if h.role == "haproxy":  # a hand edit: the deploy puts its own unit back and restarts the service
+            lab.exec(h.name, "echo '# edited by hand' >> /etc/systemd/system/haproxy.service")
+    both_down, polls, stop = [], [0], threading.Event()
+
+    def poll() -> None:
+        deadline = time.monotonic() + 600
+        while not stop.is_set() and time.monotonic() < deadline:
+            if not lab.answering(proxies, timeout=0.3):
+                both_down.append(time.monotonic())
+            polls[0] += 1
+            time.sleep(0.05)
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        rc, out = _pyinfra(lab, "haproxy")
+    finally:
+        stop.set()
+        poller.join(timeout=10)
+    assert rc == 0, out[-3000:]
+    assert "Restart haproxy" in out and polls[0] > 20
+    assert not both_down, f"both HAProxies closed at {len(both_down)} polls"
+
+
 def test_check_failover_and_perf_work_against_the_lab(lab, deployed):
     from keybuzz.checks import Target
     from keybuzz.redis.check import failover, perf
