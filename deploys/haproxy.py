@@ -35,8 +35,10 @@ from keybuzz.haproxy.settings import (
     CONF_DIR,
     CONTAINER_CFG_DIR,
     HAPROXY_UID,
+    READY_COMMAND,
     RUN_DIR,
     UPDATE_CONF_FILE,
+    UPDATE_LOCK,
     cfg_master,
     render_haproxy_cfg,
     render_update_conf,
@@ -91,12 +93,12 @@ unit = container_unit(
     description="KeyBuzz HAProxy (5432, 6432, 6379, 5672)",
 )
 cfg_op = validated_file(
-    name="Install haproxy.cfg (validated with haproxy -c first)",
-    dest=CFG, check=CHECK_TOOL,
+    name="Install haproxy.cfg (validated with haproxy -c first, under redis-update-master.sh's lock)",
+    dest=CFG, check=CHECK_TOOL, lock=UPDATE_LOCK,
     content=render_haproxy_cfg(host.name, ME, {layer: ctx.addresses(layer) for layer in ctx.layer.renders},
                                redis_master=redis_master_for_cfg()),
 )
-restart_if("haproxy", *unit, serial=True)
+restart_if("haproxy", *unit, serial=True, ready=READY_COMMAND)  # one host at a time, each serving before the next
 server.shell(name="Reload haproxy (config changed; established connections stay)",
              commands=["systemctl reload haproxy"], _if=lambda: cfg_op.did_change() and not any_changed(*unit)())
 # The master in haproxy.cfg was read from Sentinel when this file was evaluated: a failover since then

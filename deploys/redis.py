@@ -3,7 +3,9 @@
     pyinfra -y inventory.py deploys/redis.py          # or: invoke layer --name redis [--lab]
 
 On each redis node, from the pinned `redis_image` (versions.yaml), as systemd units (keybuzz/ops.py):
-  * redis.service           redis-server /conf/redis.conf      (--user 999:1000, data in /opt/keybuzz/redis/data)
+  * redis.service           keybuzz-redis-start-gate (ExecStartPre), then
+                            redis-server /conf/redis.conf --include /conf/replication.conf
+                            (--user 999:1000, data in /opt/keybuzz/redis/data)
   * redis-sentinel.service  redis-server /sentinel/sentinel.conf --sentinel
 ACL users (keybuzz/redis/settings.py): the applications are Redis's `default` user (REDIS_PASSWORD, no admin or
 dangerous command); replication, Sentinel, the HAProxy hosts and the admin each have their own user, listed in
@@ -17,8 +19,12 @@ What a re-run never does (it would break a running cluster):
   * REPLICAOF anything: the Sentinels are asked who the master is (majority). Only the very first deploy,
     when no Sentinel knows keybuzz-master, makes redis-01 master; a node whose files are missing later
     (rebuilt) starts as a replica of the master the Sentinels name.
+  * start Redis on a guess: before each start the gate (keybuzz-redis-start-gate) asks the Sentinels and
+    writes conf/replication.conf (`replicaof` the majority's master, or `no one` when it names this node);
+    a returning old master is a replica from its first client on. No majority: Redis does not start.
   * restart a container whose unit did not change. A changed unit (image, arguments) restarts that service
-    one node at a time, replicas first, each waiting until its replica is back in sync, the master last.
+    one node at a time, replicas first, each waiting until its replica is back in sync, the master last,
+    after handing it over (writes paused, SENTINEL FAILOVER: keybuzz-redis-settings handover).
 A second run reports no change.
 """
 
@@ -36,9 +42,12 @@ from keybuzz.redis.client import PasswordMismatch, cluster_view, redis_drift, se
 from keybuzz.redis.settings import (
     ACL_FILE,
     GID,
+    REDIS_COMMAND,
     REDIS_ENV_FILE,
     REDIS_ROOT,
     SETTINGS_TOOL,
+    START_GATE,
+    START_GATE_CONF,
     UID,
     RedisSettings,
     env_file,
@@ -48,6 +57,7 @@ from keybuzz.redis.settings import (
     render_sentinel_acl,
     render_sentinel_conf,
     render_settings_file,
+    render_start_gate_conf,
 )
 
 ctx = layer_context("redis")
@@ -115,11 +125,16 @@ files.put(name="Install the runtime settings list (settings.conf, no secret)",
           src=StringIO(render_settings_file(SETTINGS)), dest=f"{REDIS_ROOT}/settings.conf",
           user="root", group="root", mode="644")
 template("redis/keybuzz-redis-settings", SETTINGS_TOOL, mode="700")
+# the start gate (issue 10 §2): redis.service asks the Sentinels before each start (ExecStartPre)
+template("redis/keybuzz-redis-start-gate", START_GATE, mode="700")
+files.put(name=f"Install {START_GATE_CONF} (start gate settings, no secret)",
+          src=StringIO(render_start_gate_conf(NODE_IPS, ME, IMAGE)), dest=START_GATE_CONF,
+          user="root", group="root", mode="644")
 
 # --- units ---------------------------------------------------------------------------------------------
 
 redis_unit = container_unit(
-    "redis", IMAGE, command="redis-server /conf/redis.conf",
+    "redis", IMAGE, command=REDIS_COMMAND, pre_start=[START_GATE],
     run_args=["--user", f"{UID}:{GID}", "-v", f"{REDIS_ROOT}/conf:/conf", "-v", f"{REDIS_ROOT}/data:/data"],
     description="KeyBuzz Redis (keybuzz-master)",
 )
@@ -139,8 +154,10 @@ if not IS_MASTER:
     server.shell(name="Restart redis (replica, its definition changed) and wait until in sync",
                  commands=RESTART_REDIS, _if=any_changed(*redis_unit), _serial=True)
 if IS_MASTER:
-    server.shell(name="Restart redis (master, its definition changed) after the replicas",
-                 commands=RESTART_REDIS, _if=any_changed(*redis_unit), _serial=True)
+    # handed over first (writes paused, SENTINEL FAILOVER), then restarted: it comes back as a replica (gate)
+    server.shell(name="Hand the master over (SENTINEL FAILOVER, writes paused), then restart redis (its "
+                      "definition changed) and wait until in sync",
+                 commands=[f"{SETTINGS_TOOL} handover", *RESTART_REDIS], _if=any_changed(*redis_unit), _serial=True)
 server.shell(
     name="Restart redis-sentinel (its definition changed) and wait until it sees its peers",
     commands=["systemctl restart redis-sentinel", f"{SETTINGS_TOOL} wait-sentinel"],

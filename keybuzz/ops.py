@@ -227,22 +227,27 @@ def template(src: str, dest: str, mode: str = "644", user: str = "root", group: 
 
 
 @operation()
-def validated_file(dest: str, content: str, check: str, mode: str = "644"):
+def validated_file(dest: str, content: str, check: str, mode: str = "644", lock: str | None = None):
     """Install `content` at `dest` only after `check <candidate>` accepts it (e.g. haproxy -c); atomic rename.
-    A refused candidate fails the operation and the old file stays in place.
+    A refused candidate fails the operation and the old file stays in place. The candidate has a name of its
+    own (another writer's candidate is never touched); `lock`: a flock file another writer of `dest` also
+    takes (its directory is created root 0700), held from the check to the rename.
 
     Example::
 
-        validated_file(name="Install haproxy.cfg", dest=CFG, content=text, check=CHECK_TOOL)
+        validated_file(name="Install haproxy.cfg", dest=CFG, content=text, check=CHECK_TOOL, lock=UPDATE_LOCK)
     """
     data = content.encode()
     if host.get_fact(Sha256File, path=dest) == hashlib.sha256(data).hexdigest():
         host.noop(f"{dest} is up to date")
         return
-    tmp = f"{dest}.keybuzz-new"
+    tmp = f"{dest}.keybuzz-new.{hashlib.sha256(data).hexdigest()[:12]}"
+    install = f"chmod {mode} {tmp} && {check} {tmp} && mv -f {tmp} {dest}"
+    if lock:
+        install = (f"install -d -m 700 {shlex.quote(posixpath.dirname(lock))} && "
+                   f"flock -w 60 {shlex.quote(lock)} sh -c {shlex.quote(install)}")
     yield FileUploadCommand(BytesIO(data), tmp)
-    yield StringCommand(f"chmod {mode} {tmp} && {check} {tmp} || {{ rm -f {tmp}; exit 1; }}")
-    yield StringCommand("mv", "-f", tmp, dest)
+    yield StringCommand(f"{install} || {{ rm -f {tmp}; exit 1; }}")
 
 
 @operation()
@@ -268,13 +273,15 @@ def container_unit(
     reload: str | None = None,
     description: str = "",
     stop_timeout: int = 30,
+    pre_start: list[str] | tuple[str, ...] = (),
 ):
     """Install `/etc/systemd/system/<name>.service` running `image` as container `<name>` (host network).
 
     The unit file holds the whole `docker run` line, so any change of image or arguments changes
     the file, and `restart_if` restarts the service. Secrets never go on the command line: pass
     `--env-file` of a `secret_file` instead. The image is pulled at deploy time, so a restart
-    never depends on the registry.
+    never depends on the registry. `pre_start`: commands run before the container starts (ExecStartPre,
+    after the old container is removed); one failing fails the start, and systemd tries again.
 
     Returns the OperationMetas whose change means "restart needed".
 
@@ -289,6 +296,7 @@ def container_unit(
             "common/container.service.j2",
             name=name, image=image, command=command, run_args=list(run_args), reload=reload,
             description=description or f"KeyBuzz {name}", stop_timeout=stop_timeout,
+            pre_start=list(pre_start),
         ).encode()),
         dest=f"/etc/systemd/system/{name}.service",
         mode="644",
@@ -296,20 +304,22 @@ def container_unit(
     return (unit,)
 
 
-def restart_if(service: str, *changed, serial: bool = False):
+def restart_if(service: str, *changed, serial: bool = False, ready: str | None = None):
     """Enable `service` and start it; restart it only if it was already running and one of `changed`
     (OperationMeta) changed: a service this run installs or starts picks its new files up by starting.
+    `ready`: a bounded command run right after the restart that succeeds once the service serves again; with
+    `serial` the next host restarts only then (`systemctl restart` returns as soon as the container is spawned).
 
     Example::
 
-        restart_if("haproxy", cfg_op, *unit_ops, serial=True)   # one host at a time
+        restart_if("haproxy", cfg_op, *unit_ops, serial=True, ready=HAPROXY_READY)   # one host at a time
     """
     was_active = host.get_fact(ServiceActive, service=service)
     systemd.daemon_reload(name="systemd daemon-reload", _if=any_changed(*changed))
     systemd.service(name=f"Enable and start {service}", service=service, running=True, enabled=True)
     server.shell(
         name=f"Restart {service} (its definition changed)",
-        commands=[f"systemctl restart {shlex.quote(service)}"],
+        commands=[f"systemctl restart {shlex.quote(service)}", *([ready] if ready else [])],
         _if=lambda: was_active and any_changed(*changed)(),
         _serial=serial,
     )

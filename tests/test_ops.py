@@ -174,3 +174,27 @@ def test_staging_directory_is_on_the_destinations_mount_and_must_be_roots():
             staging.unlink()
         elif staging.is_dir() and not any(staging.iterdir()):
             staging.rmdir()
+
+
+def test_validated_file_waits_for_the_other_writers_lock_and_never_touches_its_candidate(tmp_path):
+    """haproxy.cfg has two writers (the haproxy deploy and redis-update-master.sh, issue 10 §4): the deploy
+    installs under the script's lock (it waits while the script holds it) and its candidate has a name of its own."""
+    dest, lock = tmp_path / "haproxy.cfg", tmp_path / "run" / "lock"
+    dest.write_text("old\n")
+    theirs = tmp_path / "haproxy.cfg.keybuzz-new"  # a candidate of the other writer (the deploy's former name)
+    theirs.write_text("the other writer's candidate\n")
+    lock.parent.mkdir(mode=0o700)
+    holder = subprocess.Popen(["flock", str(lock), "sleep", "3"])
+    try:
+        time.sleep(0.3)
+        start = time.monotonic()
+        result = run(["pyinfra", "-y", "@local", "tests/fixtures/validated_file_deploy.py"],
+                     env={"VALIDATED_DEST": str(dest), "VALIDATED_CONTENT": "new\n", "VALIDATED_CHECK": "test -s",
+                          "VALIDATED_LOCK": str(lock), "PYTHONPATH": str(ROOT)}, timeout=120)
+        waited = time.monotonic() - start
+    finally:
+        holder.wait(timeout=10)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert dest.read_text() == "new\n" and waited >= 2.5  # installed only once the lock was released
+    assert theirs.read_text() == "the other writer's candidate\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["haproxy.cfg", "haproxy.cfg.keybuzz-new", "run"]

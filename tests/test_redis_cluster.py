@@ -8,12 +8,15 @@ followers running. About 2-3 minutes on 2 cores.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 
 import pytest
 import redis
 
-from keybuzz.redis.settings import Login, render_redis_acl, render_sentinel_acl
+from keybuzz.haproxy.settings import CONTAINER_CFG_DIR, UPDATE_LOCK, UPDATE_RUN_DIR
+from keybuzz.redis.settings import Login, env_file, render_redis_acl, render_sentinel_acl
 from keybuzz.redis.testbed import NAMES, Testbed  # noqa: E402
 
 DOWN_AFTER_MS = 2000
@@ -32,11 +35,13 @@ def tb():
 
 def _heal(tb: Testbed) -> None:
     """Every container running again, replication and Sentinel discovery complete, HAProxy on the master."""
-    for c in tb.containers.values():
+    for name, c in tb.containers.items():
         w = c.get_wrapped_container()
         w.reload()
         if w.status == "paused":
             w.unpause()
+        elif w.status != "running" and name.startswith("redis-"):
+            tb.start_redis(int(name[-1]) - 1)  # behind its start gate, as systemd starts it
         elif w.status != "running":
             w.start()
     master = tb.wait_for(tb.sentinel_master, 30, what="Sentinel majority")
@@ -170,7 +175,8 @@ def test_bad_sentinel_answers_leave_haproxy_cfg_untouched_and_haproxy_serving(tb
         sentinels = _fake_sentinels(tb, ["*-1\r\n", "*0\r\n", "$0\r\n\r\n"])
     before_cfg, before_pids = tb.haproxy_cfg(), tb.haproxy_pids()
     rc, out = tb.update({"SENTINELS": sentinels})
-    assert rc == 3, out
+    not_a_master = case in ("majority-names-replica", "majority-names-unknown-node")
+    assert rc == (6 if not_a_master else 3), out  # 6 "not a master", 3 "no majority" (script header)
     expected = {"majority-names-replica": "does not answer ROLE master",
                 "majority-names-unknown-node": "which is not a Redis node"}.get(case, "no majority of Sentinels")
     assert expected in out  # refused for the right reason, not by accident
@@ -216,7 +222,7 @@ def test_an_invalid_candidate_config_is_never_installed_and_a_valid_one_is(tb):
     rc, out = tb.update({"HAPROXY_CHECK_CMD": "false"})  # haproxy -c says no
     assert rc == 4 and "invalid" in out
     assert tb.haproxy_cfg() == stale
-    assert not (tb.dir / "haproxy/conf/haproxy.cfg.keybuzz-new").exists()
+    assert not [p.name for p in (tb.dir / "haproxy/conf").iterdir() if p.name != "haproxy.cfg"]  # no leftover
     rc, out = tb.update()
     assert rc == 0 and f"server redis-master {replica} -> {master} (validated)" in out
     assert tb.cfg_master() == master
@@ -226,7 +232,7 @@ def test_an_invalid_candidate_config_is_never_installed_and_a_valid_one_is(tb):
 
 def test_one_run_at_a_time(tb):
     _heal(tb)
-    tb.exec("haproxy", "setsid nohup flock /tmp/redis-update-master.lock sleep 2 >/dev/null 2>&1 &")
+    tb.exec("haproxy", f"setsid nohup flock {UPDATE_LOCK} sleep 2 >/dev/null 2>&1 &")
     time.sleep(0.2)
     start = time.monotonic()
     rc, _ = tb.update()
@@ -389,3 +395,219 @@ def test_the_deploys_see_a_first_install_only_when_no_sentinel_could_be_hiding_a
     mixed = cluster_view([tb.redis_ips[0], tb.ip(99)], tb.admin)
     assert mixed.replies[0] == CLOSED and mixed.replies[1].startswith("error: ") and not mixed.first_install
     assert UNKNOWN not in mixed.replies + fresh.replies
+
+
+# ---------------------------------------------------------------- a returning old master (issue 10 §2)
+
+def test_a_returning_old_master_is_never_a_master_not_even_for_a_moment(tb):
+    """Kill the master, wait for the failover, start it again as systemd would (keybuzz-redis-start-gate, then
+    the container) and ask its ROLE every 50 ms from the moment it accepts connections: never `master`."""
+    _heal(tb)
+    old_i = tb.master_index()
+    old = f"{tb.redis_ips[old_i]}:6379"
+    tb.kill_redis(old_i)
+    new = _switched_away_from(tb, old)
+    tb.start_redis(old_i)
+    client = tb.redis_client(tb.redis_ips[old_i], timeout=0.5)
+    roles: list[str] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            role = client.execute_command("ROLE")
+        except (redis.RedisError, OSError):
+            if roles:
+                raise  # it answered once: from then on every poll must answer
+            time.sleep(0.05)
+            continue
+        roles.append(role[0])
+        if role[0] == "slave" and role[1] == new.split(":")[0] and role[3] == "connected":
+            break
+        time.sleep(0.05)
+    assert roles, "the old master never accepted connections"
+    assert "master" not in roles, f"the old master answered ROLE master {roles.count('master')} times"
+    assert roles[-1] == "slave", roles[-5:]
+    assert tb.sentinel_master() == new  # no second failover
+    _heal(tb)
+
+
+# ---------------------------------------------------------------- the follower is never silent (issue 10 §4)
+
+def _stale(tb: Testbed, name: str = "stale.cfg") -> dict[str, str]:
+    """A private copy of haproxy.cfg pointing at a replica (a missed failover), which the running followers
+    never touch (they would fix haproxy.cfg itself between two lines of a test); returns the settings that make
+    a run of the script work on it. Its reload is the real one (HAProxy keeps reading haproxy.cfg)."""
+    master = tb.cfg_master()
+    replica = next(f"{ip}:6379" for ip in tb.redis_ips if f"{ip}:6379" != master)
+    path = tb.dir / "haproxy" / "conf" / name
+    path.write_text(tb.haproxy_cfg().replace(f"server redis-master {master} check",
+                                             f"server redis-master {replica} check"))
+    return {"HAPROXY_CFG": f"{CONTAINER_CFG_DIR}/{name}"}
+
+
+def _cfg_master_of(tb: Testbed, name: str) -> str | None:
+    from keybuzz.haproxy.settings import cfg_master
+
+    return cfg_master((tb.dir / "haproxy" / "conf" / name).read_text().splitlines())
+
+
+def test_a_hung_haproxy_check_or_reload_is_cut_short_and_the_lock_released(tb):
+    _heal(tb)
+    start = time.monotonic()
+    rc, out = tb.update({**_stale(tb), "HAPROXY_CHECK_CMD": "tail -f", "CHECK_TIMEOUT": "2"}, timeout=30)
+    assert rc == 4 and "invalid" in out and time.monotonic() - start < 15, out
+    rc, out = tb.update({**_stale(tb), "HAPROXY_RELOAD_CMD": "sleep 600", "RELOAD_TIMEOUT": "2"}, timeout=30)
+    assert rc == 7 and "reload failed or took more than 2 s" in out, out
+    start = time.monotonic()
+    rc, out = tb.update(_stale(tb))  # the lock is free again at once
+    assert rc == 0 and time.monotonic() - start < 10 and _cfg_master_of(tb, "stale.cfg") == tb.cfg_master(), out
+    (tb.dir / "haproxy" / "conf" / "stale.cfg").unlink()
+
+
+def test_exit_codes_say_lock_busy_and_reload_failed(tb):
+    _heal(tb)
+    tb.exec("haproxy", f"mkdir -p {UPDATE_RUN_DIR}; setsid nohup flock {UPDATE_LOCK} sleep 4 >/dev/null 2>&1 &")
+    time.sleep(0.3)
+    rc, out = tb.update({"LOCK_WAIT": "1"})
+    assert rc == 5 and "lock busy" in out, out
+    time.sleep(4)
+    rc, out = tb.update({**_stale(tb), "HAPROXY_RELOAD_CMD": "false"})
+    assert rc == 7 and "reload failed" in out, out
+    (tb.dir / "haproxy" / "conf" / "stale.cfg").unlink()
+
+
+def test_temporary_files_and_the_lock_live_in_a_root_only_runtime_directory(tb):
+    _heal(tb)
+    # a /tmp it cannot write to (a full root disk, a broken TMPDIR) must not look like "no majority"
+    rc, out = tb.update(env={"TMPDIR": "/nonexistent-tmp"})
+    assert (rc, out) == (0, ""), out
+    rc, out = tb.exec("haproxy", f"stat -c '%a %U' {UPDATE_RUN_DIR} && test -f {UPDATE_LOCK} && echo lock-there")
+    assert out.split() == ["700", "root", "lock-there"], out
+
+
+def test_the_script_never_touches_another_writers_candidate_haproxy_cfg(tb):
+    """The haproxy deploy writes its candidate beside haproxy.cfg too (keybuzz.ops.validated_file): the script's
+    own candidate has a unique name, so neither ever overwrites or installs the other's."""
+    _heal(tb)
+    conf = tb.dir / "haproxy" / "conf"
+    settings = _stale(tb)
+    others = {conf / "stale.cfg.keybuzz-new": "the deploy's candidate (its former name)\n",
+              conf / "stale.cfg.keybuzz-new.0123456789ab": "the deploy's candidate\n"}
+    for path, text in others.items():
+        path.write_text(text)
+    rc, out = tb.update(settings)
+    assert rc == 0 and _cfg_master_of(tb, "stale.cfg") == tb.cfg_master(), out
+    assert {p: p.read_text() for p in others} == others
+    assert sorted(p.name for p in conf.iterdir()) == sorted(["haproxy.cfg", "stale.cfg", *(p.name for p in others)])
+    for path in [*others, conf / "stale.cfg"]:
+        path.unlink()
+
+
+def test_a_follower_that_cannot_follow_for_longer_than_fail_after_fails_and_says_why(tb):
+    """redis-update-master.service sets FAIL_AFTER=60 (3 s here): a failure younger than that is logged and
+    exits 0; an older one exits with its code (the unit fails: systemctl --failed) and says since when.
+    (A runtime directory of its own: the running followers share the real one and would reset it.)"""
+    _heal(tb)
+    own = {"RUN_DIR": "/run/keybuzz-redis-update-test"}
+    nobody = {**own, "SENTINELS": " ".join(tb.ip(n) for n in (97, 98, 99))}
+    rc, out = tb.update(own, env={"FAIL_AFTER": "3"})
+    assert (rc, out) == (0, "")
+    rc, out = tb.update(nobody, env={"FAIL_AFTER": "3"})
+    assert rc == 0 and "could not follow (code 3)" in out, out
+    time.sleep(3.5)
+    rc, out = tb.update(nobody, env={"FAIL_AFTER": "3"})
+    assert rc == 3 and "NOT FOLLOWING the Redis master for" in out and "last successful follow: 2" in out, out
+    rc, out = tb.update(own, env={"FAIL_AFTER": "3"})
+    assert (rc, out) == (0, "")
+    assert tb.exec("haproxy", f"test -e {own['RUN_DIR']}/failing-since")[0] == 1  # following again: reset
+
+
+def test_the_watcher_bounds_each_update_run(tb):
+    """A hung update run (a stuck docker exec, socat...) must not stop the watcher from following."""
+    _heal(tb)
+    hung = tb.dir / "haproxy" / "bin" / "hung-update"
+    hung.write_text("#!/bin/sh\nexec sleep 600\n")
+    hung.chmod(0o755)
+    rc, out = tb.exec("haproxy", "REDIS_UPDATE_MASTER=/usr/local/keybuzz-bin/hung-update UPDATE_TIMEOUT=1 "
+                                 "setsid nohup /usr/local/keybuzz-bin/redis-master-watch.sh >/tmp/hung-watch.log "
+                                 "2>&1 & echo $!")
+    pgid = int(out.strip())
+    try:
+        tb.wait_for(lambda: "timed out after 1 s" in tb.exec("haproxy", "cat /tmp/hung-watch.log")[1], 15, 0.3,
+                    "the watcher cutting a hung update run short")
+    finally:
+        tb.exec("haproxy", f"kill -- -{pgid}")
+
+
+def test_the_start_gate_never_guesses(tb):
+    """No majority (Sentinels it cannot reach, with data here) or a login the Sentinels refuse: the gate asks
+    again until GATE_WAIT, then fails and removes the previous answer (Redis then refuses to start)."""
+    _heal(tb)
+    out = tb.dir / "gate-out.conf"
+    nobody = " ".join(tb.ip(n) for n in (97, 98, 99))
+    wrong = tb.dir / "wrong.env"
+    wrong.write_text(env_file(Login(tb.admin.user, "not-the-password"), "admin"))
+    for case, overrides in (("unreachable", {"SENTINELS": nobody}), ("refused login", {"REDIS_ENV_FILE": str(wrong)})):
+        out.write_text("replicaof no one\n")  # a stale answer from the previous start
+        start = time.monotonic()
+        gate = tb.start_gate(0, OUT=str(out), GATE_WAIT="3", **overrides)
+        assert gate.returncode == 1 and "no majority of Sentinels" in gate.stderr, (case, gate.stderr)
+        assert time.monotonic() - start < 30 and not out.exists(), case
+    # the real Sentinels: the master's node starts as master, the others as its replicas
+    master_ip = tb.sentinel_master().split(":")[0]
+    for i, ip in enumerate(tb.redis_ips):
+        gate = tb.start_gate(i, OUT=str(out))
+        assert gate.returncode == 0, gate.stderr
+        assert out.read_text().splitlines()[-1] == ("replicaof no one" if ip == master_ip
+                                                   else f"replicaof {master_ip} 6379")
+
+
+def test_the_master_is_handed_over_before_a_restart_and_no_acknowledged_write_is_lost(tb):
+    """What the deploy runs before restarting the master (keybuzz-redis-settings handover): writes paused,
+    SENTINEL FAILOVER, back when the node is a replica; a client writing through HAProxy loses nothing."""
+    from keybuzz import ROOT
+    from keybuzz.redis.client import WriteProbe
+
+    _heal(tb)
+    old_i = tb.master_index()
+    old = tb.sentinel_master()
+    env_path = tb.dir / "redis.env"  # the admin login, as on a Redis node
+    probe = WriteProbe(tb.haproxy_ip, 6379, tb.logins["app"], prefix="handover:", ttl=300, max_seconds=60).start()
+    time.sleep(1)
+    proc = subprocess.run(["bash", str(ROOT / "templates/redis/keybuzz-redis-settings"), "handover"],
+                          capture_output=True, text=True, timeout=90,
+                          env={**os.environ, "REDIS_ENV_FILE": str(env_path),
+                               "REDIS_CONTAINER": tb.docker(f"redis-{old_i + 1}").name,
+                               "SENTINEL_CONTAINER": tb.docker(f"sentinel-{old_i + 1}").name})
+    try:
+        assert proc.returncode == 0 and "handed over" in proc.stdout, proc.stdout + proc.stderr
+        assert tb.role(tb.redis_ips[old_i]) == "slave"
+        new = tb.wait_for(lambda: (m := tb.sentinel_master()) != old and m, 10, 0.1, "the Sentinels' new master")
+        _switched_away_from(tb, old)
+        time.sleep(1)
+    finally:
+        probe.stop()
+    master = tb.redis_client(new.split(":")[0])
+    lost_acked, acked = probe.lost(master)[:2]
+    assert acked > 0 and lost_acked == 0, (acked, lost_acked)
+    # not the master any more: a second run hands nothing over
+    again = subprocess.run(["bash", str(ROOT / "templates/redis/keybuzz-redis-settings"), "handover"],
+                           capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "REDIS_ENV_FILE": str(env_path),
+                                "REDIS_CONTAINER": tb.docker(f"redis-{old_i + 1}").name,
+                                "SENTINEL_CONTAINER": tb.docker(f"sentinel-{old_i + 1}").name})
+    assert again.returncode == 0 and "nothing to hand over" in again.stdout
+    _heal(tb)
+
+
+def test_the_haproxy_ready_command_waits_until_haproxy_serves(tb):
+    """What the haproxy deploy runs after restarting HAProxy on one host, before the next (restart_if(ready=)):
+    it returns at once when HAProxy serves, and waits (bounded) while nothing listens."""
+    from keybuzz.haproxy.settings import READY_COMMAND, STATS_PORT
+
+    start = time.monotonic()
+    rc, out = tb.exec("haproxy", READY_COMMAND, timeout=90)
+    assert rc == 0 and time.monotonic() - start < 5, out
+    not_serving = READY_COMMAND.replace(f"/{STATS_PORT})", "/8499)").replace("timeout 60", "timeout 2")
+    start = time.monotonic()
+    rc, out = tb.exec("haproxy", not_serving, timeout=30)
+    assert rc == 124 and 1.5 < time.monotonic() - start < 10, out

@@ -182,8 +182,11 @@ def test_a_changed_unit_restarts_replicas_one_by_one_then_the_master(lab, deploy
     assert order[-1] == master, f"the master must restart last: {order}"
     # one at a time: each restart waits for the previous node to be back in sync (seconds, not a burst)
     assert started[order[1]] - started[order[0]] >= 1 and started[order[2]] - started[order[1]] >= 1, started
-    # a master restart shorter than down-after (5 s) is not a failover; a slow one may be: both are fine
-    print(f"master before {master_ip}, after the rolling restart {_sentinel_master(lab)}")
+    # the master was handed over (writes paused, SENTINEL FAILOVER) before its restart, and came back behind its
+    # start gate as a replica of the new master (issue 10 §2, §4)
+    after = _sentinel_master(lab)
+    print(f"master before {master_ip}, after the rolling restart {after}")
+    assert after.split(":")[0] != master_ip
     wait_for(lambda: _healthy(lab), 60, what="cluster healthy again")
 
 
@@ -271,6 +274,71 @@ def test_a_stopped_master_host_fails_over_and_rejoins_as_replica(lab, deployed):
     lab.start_host(host)
     wait_for(lambda: _healthy(lab), 120, what="old master back as a replica, diag green")
     assert _sentinel_master(lab) == new  # it came back as a replica: no second failover
+
+
+def test_a_killed_master_host_comes_back_as_a_replica_never_a_master(lab, deployed):
+    """Issue 10 §2: power-cut the master's host, wait for the failover, start the host again and ask its Redis
+    ROLE every 50 ms from the moment it accepts connections: never `master` (keybuzz-redis-start-gate)."""
+    wait_for(lambda: _healthy(lab), 120, what="cluster healthy before the kill")
+    old = _sentinel_master(lab)
+    old_ip = old.split(":")[0]
+    host = next(h for h, ip in REDIS_HOSTS.items() if ip == old_ip)
+    lab.kill_host(host)
+    new = wait_for(lambda: (m := _sentinel_master(lab)) and m != old and m, 60, 0.2, "the Sentinels' failover")
+    lab.start_host(host, wait=False)
+    client = no_retry_client(old_ip, REDIS_PORT, _admin(lab), timeout=0.5)
+    roles: list[str] = []
+    deadline = time.monotonic() + 240  # host boot, dockerd, the gate, then Redis
+    try:
+        while time.monotonic() < deadline:
+            try:
+                role = client.execute_command("ROLE")
+            except Exception:  # noqa: BLE001 - not accepting connections yet
+                if roles:
+                    raise  # it answered once: from then on every poll must answer
+                time.sleep(0.05)
+                continue
+            roles.append(role[0])
+            if role[0] == "slave" and role[1] == new.split(":")[0] and role[3] == "connected":
+                break
+            time.sleep(0.05)
+    finally:
+        client.close()
+    assert roles, f"Redis on {host} never accepted connections again"
+    assert "master" not in roles, f"{host} answered ROLE master {roles.count('master')} times"
+    assert roles[-1] == "slave", roles[-5:]
+    assert _sentinel_master(lab) == new  # no second failover
+    wait_for(lambda: _healthy(lab), 120, what="diag green with the old master as a replica")
+
+
+def test_haproxy_restarts_one_host_at_a_time_each_serving_before_the_next(lab, deployed):
+    """Issue 10 §4: a changed haproxy unit restarts haproxy-01 then haproxy-02, the second only once the first
+    serves again (restart_if(ready=...)): polled every 50 ms from here, never both Redis frontends closed."""
+    import threading
+
+    proxies = [(h.ip, REDIS_PORT) for h in lab.TOPOLOGY if h.role == "haproxy"]
+    for h in lab.TOPOLOGY:
+        if h.role == "haproxy":  # a hand edit: the deploy puts its own unit back and restarts the service
+            lab.exec(h.name, "echo '# edited by hand' >> /etc/systemd/system/haproxy.service")
+    both_down, polls, stop = [], [0], threading.Event()
+
+    def poll() -> None:
+        deadline = time.monotonic() + 600
+        while not stop.is_set() and time.monotonic() < deadline:
+            if not lab.answering(proxies, timeout=0.3):
+                both_down.append(time.monotonic())
+            polls[0] += 1
+            time.sleep(0.05)
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        rc, out = _pyinfra(lab, "haproxy")
+    finally:
+        stop.set()
+        poller.join(timeout=10)
+    assert rc == 0, out[-3000:]
+    assert "Restart haproxy" in out and polls[0] > 20
+    assert not both_down, f"both HAProxies closed at {len(both_down)} polls"
 
 
 def test_check_failover_and_perf_work_against_the_lab(lab, deployed):

@@ -163,3 +163,58 @@ def test_majority_of_three(answers, expected):
     named = {"a": "10.0.0.21:6379", "b": "10.0.0.22:6379", "c": "10.0.0.23:6379", "bad": "10.0.0.999:6379"}
     result = majority([named.get(a) if a else None for a in answers], total=3)
     assert result == (named[expected] if expected else None)
+
+
+# ---------------------------------------------------------------- issue 10 §2 and §4 (shell side: cluster tests)
+
+def test_redis_unit_runs_the_start_gate_before_the_container_and_includes_its_answer():
+    from keybuzz.redis.settings import REDIS_COMMAND, START_GATE
+    from keybuzz.render import render
+
+    unit = render("common/container.service.j2", name="redis", image="redis:7.2.5-alpine", command=REDIS_COMMAND,
+                  run_args=["-v", "/opt/keybuzz/redis/conf:/conf"], reload=None, description="d", stop_timeout=30,
+                  pre_start=[START_GATE])
+    lines = unit.splitlines()
+    pre = [i for i, line in enumerate(lines) if line.startswith("ExecStartPre=")]
+    start = next(i for i, line in enumerate(lines) if line.startswith("ExecStart="))
+    assert [lines[i] for i in pre] == ["ExecStartPre=-/usr/bin/docker rm -f redis", f"ExecStartPre={START_GATE}"]
+    assert pre[-1] < start  # a failing gate (no "-" prefix) fails the start: Redis never starts on a guess
+    assert lines[start].endswith("redis-server /conf/redis.conf --include /conf/replication.conf")
+    # without pre_start the unit of every other layer is unchanged
+    assert "ExecStartPre=" + START_GATE not in render(
+        "common/container.service.j2", name="x", image="i", command="", run_args=[], reload=None, description="d",
+        stop_timeout=30)
+
+
+def test_start_gate_settings_refuse_values_that_would_run_as_shell():
+    from keybuzz.redis.settings import render_start_gate_conf
+
+    text = render_start_gate_conf(["10.0.0.21", "10.0.0.22"], "10.0.0.22", "redis:7.2.5-alpine")
+    assert 'SENTINELS="10.0.0.21 10.0.0.22"' in text and 'ME="10.0.0.22"' in text and CANARY not in text
+    with pytest.raises(ValueError):
+        render_start_gate_conf(["10.0.0.21"], "10.0.0.21", "redis:$(reboot)")
+
+
+def test_the_update_script_documents_distinct_exit_codes_and_its_unit_hides_none():
+    from keybuzz import ROOT
+
+    script = (ROOT / "templates/haproxy/redis-update-master.sh").read_text()
+    header = script.split("\nset -u")[0]
+    for code, meaning in (("3", "no majority"), ("5", "lock busy"), ("6", "not a master"), ("7", "reload failed")):
+        assert f"#   {code} {meaning}" in header
+        assert f"return {code}" in script or f"finish {code}" in script
+    unit = (ROOT / "templates/haproxy/redis-update-master.service").read_text()
+    assert "SuccessExitStatus" not in unit and "Environment=FAIL_AFTER=60" in unit
+    code = [line for line in script.splitlines() if not line.lstrip().startswith("#")]
+    assert not [line for line in code if "/tmp" in line]  # temporary files live in the root-only /run dir
+    assert all('-p "$RUN_DIR"' in line or '"$HAPROXY_CFG.' in line for line in code if "mktemp" in line)
+
+
+def test_the_deploy_installs_haproxy_cfg_under_the_scripts_lock():
+    from keybuzz import ROOT
+    from keybuzz.haproxy.settings import UPDATE_LOCK, UPDATE_RUN_DIR
+
+    script = (ROOT / "templates/haproxy/redis-update-master.sh").read_text()
+    assert f"RUN_DIR=${{RUN_DIR:-{UPDATE_RUN_DIR}}}" in script and "LOCK_FILE=${LOCK_FILE:-$RUN_DIR/lock}" in script
+    assert UPDATE_LOCK == f"{UPDATE_RUN_DIR}/lock"
+    assert "lock=UPDATE_LOCK" in (ROOT / "deploys/haproxy.py").read_text()

@@ -26,6 +26,14 @@ CONTAINER_CFG_DIR = "/usr/local/etc/haproxy"
 CFG = f"{CONF_DIR}/haproxy.cfg"
 CHECK_TOOL = "/usr/local/sbin/keybuzz-haproxy-check"
 UPDATE_CONF_FILE = "/etc/keybuzz/redis-update-master.conf"
+# after a restart, the next HAProxy host restarts only once this one serves again (its stats listener is bound
+# with the others, from the new configuration); bounded
+READY_COMMAND = (f"timeout 60 bash -c 'until (exec 3<>/dev/tcp/127.0.0.1/{STATS_PORT}) 2>/dev/null; "
+                 "do sleep 0.2; done'")
+# redis-update-master.sh's root-only runtime directory (lock, state, temporary files): the deploy installs
+# haproxy.cfg under the same lock, so the two never race on it (issue 10 §4)
+UPDATE_RUN_DIR = "/run/keybuzz-redis-update"
+UPDATE_LOCK = f"{UPDATE_RUN_DIR}/lock"
 # the layers whose frontends HAProxy carries, in the order of haproxy.cfg (design §A: 5432, 6432, 6379, 5672)
 FRONTED = ("db", "redis", "rabbitmq")
 

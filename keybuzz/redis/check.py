@@ -1,6 +1,7 @@
 """Checks of the Redis layer (design §G), against the lab or production alike (Target.from_env()).
 
-    invoke check --name redis             diag: role + offset of each node, Sentinel agreement, HAProxy's master
+    invoke check --name redis             diag: role + offset of each node, Sentinel agreement, HAProxy's master,
+                                          each HAProxy host's follower (failed units, last successful follow)
     invoke check --name redis --failover  controlled SENTINEL FAILOVER, write gap seen through the load balancer
     invoke check --name redis --perf      bounded benchmark through the load balancer (SET/GET, 5 s at most)
 
@@ -16,10 +17,12 @@ Example::
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import redis
 
+from keybuzz import ssh
 from keybuzz.checks import Report, Target
 from keybuzz.haproxy.client import server_address
 from keybuzz.redis.client import WriteProbe, ask_sentinels, no_retry_client
@@ -29,6 +32,40 @@ FAILOVER_BOUND_S = 60  # a controlled failover that takes longer than this is a 
 PAUSE_MS = 10000  # writes held on the old master during the switch (released as soon as HAProxy follows)
 PERF_SECONDS = 5
 PERF_MAX_OPS = 20000
+FOLLOW_STALE_S = 60  # redis-update-master.service's FAIL_AFTER: a follower silent longer than this is a failure
+# read-only, no secret: the follower units' state, its state files (/run/keybuzz-redis-update), its last log line
+FOLLOWER_PROBE = ("systemctl is-failed redis-update-master.service redis-master-watch.service; "
+                  "d=/run/keybuzz-redis-update; echo \"last=$(cat $d/last-follow 2>/dev/null) "
+                  "since=$(cat $d/failing-since 2>/dev/null) now=$(date +%s)\"; "
+                  "journalctl -u redis-update-master.service -n 1 -o cat --no-pager 2>/dev/null")
+
+
+def follower_line(name: str, probe_output: str) -> tuple[str, bool]:
+    r"""One diag line from FOLLOWER_PROBE's output on HAProxy host `name`: ok when neither unit failed and the
+    last successful follow is at most FOLLOW_STALE_S old (the timer runs every 15 s).
+
+    >>> follower_line("haproxy-01", "active\nactive\nlast=1000 since= now=1010\n")
+    ('haproxy-01 follower: last successful follow 10 s ago', True)
+    >>> line, ok = follower_line("haproxy-01", "failed\nactive\nlast=1000 since=1030 now=1200\nNOT FOLLOWING (code 3)")
+    >>> ok, line.split(", ")[1:]
+    (False, ['not following for 170 s', 'last successful follow 200 s ago; journal: NOT FOLLOWING (code 3)'])
+    """
+    lines = probe_output.splitlines()
+    states = dict(zip(("redis-update-master.service", "redis-master-watch.service"), lines[:2], strict=False))
+    fields = dict(f.partition("=")[::2] for f in (lines[2].split() if len(lines) > 2 else []))
+    now = int(fields.get("now") or 0)
+    last = int(fields["last"]) if fields.get("last", "").isdigit() else None
+    since = int(fields["since"]) if fields.get("since", "").isdigit() else None
+    failed = [unit for unit, state in states.items() if state.strip() == "failed"]
+    ok = not failed and last is not None and now - last <= FOLLOW_STALE_S
+    words = [f"{unit} FAILED" for unit in failed]
+    if since is not None:
+        words.append(f"not following for {now - since} s")
+    words.append(f"last successful follow {now - last} s ago" if last is not None else "no successful follow yet")
+    line = f"{name} follower: " + ", ".join(words)
+    if not ok and len(lines) > 3:
+        line += f"; journal: {lines[3].strip()}"
+    return line, ok
 
 
 def _logins(target: Target) -> dict[str, Login]:
@@ -111,6 +148,15 @@ def diag(target: Target, require_haproxy: bool = False) -> Report:
         return report
     for name, addr in pointed.items():
         report.add(f"{name} be_redis_master -> {addr or '(stats unreachable)'}", ok=addr is not None and addr == agreed)
+    for server in target.plan.group("haproxy"):  # the follower says why it does not follow (issue 10 §4)
+        try:
+            answer = ssh.run(server.ip, FOLLOWER_PROBE, timeout=30)
+            if answer.returncode == 255:  # ssh itself failed: say so, not "never followed"
+                report.add(f"{server.name} follower: state unknown (ssh failed)", ok=False)
+            else:
+                report.add(*follower_line(server.name, answer.stdout))
+        except (OSError, subprocess.SubprocessError) as e:
+            report.add(f"{server.name} follower: state unknown ({type(e).__name__})", ok=False)
 
     lb = no_retry_client(target.lb, REDIS_PORT, users["app"], timeout=2)
     try:

@@ -29,6 +29,12 @@ REDIS_ROOT = "/opt/keybuzz/redis"
 REDIS_ENV_FILE = "/etc/keybuzz/redis.env"
 SETTINGS_TOOL = "/usr/local/sbin/keybuzz-redis-settings"
 ACL_FILE = "users.acl"  # in conf/ (Redis, /conf) and sentinel/ (Sentinel, /sentinel): ACL LOAD re-reads it
+# The start gate (issue 10 §2): before each start of redis.service it asks the Sentinels and writes
+# conf/replication.conf, which the command line includes after redis.conf (its `replicaof` wins).
+START_GATE = "/usr/local/sbin/keybuzz-redis-start-gate"
+START_GATE_CONF = "/etc/keybuzz/redis-start-gate.conf"
+REPLICATION_INCLUDE = "replication.conf"
+REDIS_COMMAND = f"redis-server /conf/redis.conf --include /conf/{REPLICATION_INCLUDE}"
 
 
 # ---------------------------------------------------------------- who may do what (ACL users)
@@ -220,6 +226,29 @@ def render_settings_file(settings: RedisSettings) -> str:
     lines += [f"sentinel {n} {v}" for n, v in settings.sentinel_settings()]
     lines.append(f"sentinel quorum {QUORUM}")
     return "# Managed by keybuzz-infra: runtime settings applied by keybuzz-redis-settings\n" + "\n".join(lines) + "\n"
+
+
+def render_start_gate_conf(sentinels: list[str], me: str, image: str, root: str = REDIS_ROOT,
+                           **overrides: str) -> str:
+    """Settings of keybuzz-redis-start-gate (no secret: the login comes from redis.env).
+
+    >>> print(render_start_gate_conf(["10.0.0.21"], "10.0.0.21", "redis:7.2.5-alpine"))  # doctest: +ELLIPSIS
+    # Managed by keybuzz-infra: settings of keybuzz-redis-start-gate (no secret)
+    SENTINELS="10.0.0.21"
+    ME="10.0.0.21"
+    IMAGE="redis:7.2.5-alpine"
+    OUT="/opt/keybuzz/redis/conf/replication.conf"
+    DATA_DIR="/opt/keybuzz/redis/data"
+    ...
+    """
+    values = {"SENTINELS": " ".join(sentinels), "ME": me, "IMAGE": image, "OUT": f"{root}/conf/{REPLICATION_INCLUDE}",
+              "DATA_DIR": f"{root}/data", "MASTER_NAME": MASTER_NAME, "SENTINEL_PORT": str(SENTINEL_PORT),
+              "REDIS_ENV_FILE": REDIS_ENV_FILE, "GATE_WAIT": "60", **overrides}
+    for name, value in values.items():
+        if '"' in value or "\n" in value or "$" in value or "`" in value:
+            raise ValueError(f"{name} of the start gate must not contain a quote, $, ` or a newline")
+    return ("# Managed by keybuzz-infra: settings of keybuzz-redis-start-gate (no secret)\n"
+            + "".join(f'{name}="{value}"\n' for name, value in values.items()))
 
 
 def env_file(login: Login, role: str) -> str:

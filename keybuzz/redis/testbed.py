@@ -38,6 +38,8 @@ from keybuzz.redis.client import no_retry_client  # noqa: E402
 from keybuzz.redis.settings import (  # noqa: E402
     ACL_FILE,
     MASTER_NAME,
+    REDIS_COMMAND,
+    REPLICATION_INCLUDE,
     ROLES,
     Login,
     RedisSettings,
@@ -47,11 +49,13 @@ from keybuzz.redis.settings import (  # noqa: E402
     render_redis_conf,
     render_sentinel_acl,
     render_sentinel_conf,
+    render_start_gate_conf,
 )
 from keybuzz.testbed import ContainerTestbed  # noqa: E402
 from keybuzz.waiting import wait_for  # noqa: E402
 
 TEMPLATES = ROOT / "templates" / "haproxy"
+START_GATE = ROOT / "templates" / "redis" / "keybuzz-redis-start-gate"
 NAMES = ("redis-01", "redis-02", "redis-03")
 
 
@@ -114,7 +118,11 @@ class Testbed(ContainerTestbed):
         redis_image = images.build("redis", progress=lambda m: None)
         haproxy_image = haproxy_test_image()
         self.create_network()
+        self.redis_image = redis_image
         first = self.redis_ips[0]
+        env = self.dir / "redis.env"  # the admin login, as /etc/keybuzz/redis.env of a Redis node
+        env.write_text(env_file(self.admin, "admin"))
+        env.chmod(0o600)
         for i, name in enumerate(NAMES):
             node = self.dir / name
             for sub in ("conf", "data", "sentinel"):
@@ -130,10 +138,22 @@ class Testbed(ContainerTestbed):
                 os.chown(path, 999, 1000)
                 path.chmod(0o700 if path.is_dir() else 0o600)
             os.chown(node, 999, 1000)
-            self._run(f"redis-{i + 1}", redis_image, "redis-server /conf/redis.conf", self.redis_ip(i),
+            (node / "start-gate.conf").write_text(render_start_gate_conf(
+                self.sentinel_ips, self.redis_ip(i), redis_image, root=str(node), REDIS_ENV_FILE=str(env),
+                GATE_WAIT="30"))
+        # as on the hosts: every Redis starts (each behind its gate) before any Sentinel. On a first install
+        # the Sentinels' hosts answer "connection refused"; here their containers do not exist yet (no
+        # answer at all, which the gate rightly refuses), so the first gates ask closed loopback ports instead
+        closed = " ".join(f"127.0.0.1:{port}" for port in (1, 2, 3))
+        for i in range(3):
+            gate = self.start_gate(i, SENTINELS=closed)
+            assert gate.returncode == 0 and "first install" in gate.stderr, gate.stderr
+            node = self.dir / NAMES[i]
+            self._run(f"redis-{i + 1}", redis_image, REDIS_COMMAND, self.redis_ip(i),
                       {str(node / "conf"): "/conf", str(node / "data"): "/data"}, user="999:1000")
+        for i, name in enumerate(NAMES):
             self._run(f"sentinel-{i + 1}", redis_image, "redis-server /sentinel/sentinel.conf --sentinel",
-                      self.sentinel_ip(i), {str(node / "sentinel"): "/sentinel"}, user="999:1000")
+                      self.sentinel_ip(i), {str(self.dir / name / "sentinel"): "/sentinel"}, user="999:1000")
         # stand-in for a RabbitMQ node behind be_rabbitmq: any TCP service holding a session will do
         self._run("queue-1", redis_image, "redis-server --port 5672 --protected-mode no", self.ip(41), {},
                   user="999:1000")
@@ -151,7 +171,6 @@ class Testbed(ContainerTestbed):
             HAPROXY_CFG=f"{CONTAINER_CFG_DIR}/haproxy.cfg",
             HAPROXY_CHECK_CMD="haproxy -c -q -f",
             HAPROXY_RELOAD_CMD="kill -USR2 1",  # the HAProxy master is PID 1 of the container
-            LOCK_FILE="/tmp/redis-update-master.lock",
             REDIS_ENV_FILE="/etc/keybuzz/redis.env"))
         env = hp / "etc" / "redis.env"
         env.write_text(env_file(self.logins["haproxy"], "haproxy"))
@@ -197,7 +216,26 @@ class Testbed(ContainerTestbed):
         container.kill()
         self.wait_for(lambda: container.reload() or container.status != "running", 10, 0.01, "container dead")
 
+    def start_gate(self, i: int, timeout: float = 90, **overrides: str) -> subprocess.CompletedProcess:
+        """Run the real keybuzz-redis-start-gate of node i, as redis.service's ExecStartPre does (on this
+        machine: it queries the Sentinels from a throw-away container of the Redis image, host network);
+        `overrides`: settings appended to its settings file for this run."""
+        conf = self.dir / NAMES[i] / "start-gate.conf"
+        if overrides:
+            alt = conf.with_name("start-gate-alt.conf")
+            alt.write_text(conf.read_text() + "".join(f'{k}="{v}"\n' for k, v in overrides.items()))
+            conf = alt
+        return subprocess.run(["bash", str(START_GATE)], capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, "REDIS_START_GATE_CONF": str(conf)})
+
+    def replication_include(self, i: int) -> str | None:
+        path = self.dir / NAMES[i] / "conf" / REPLICATION_INCLUDE
+        return path.read_text() if path.exists() else None
+
     def start_redis(self, i: int) -> None:
+        """What systemd does for redis.service: the gate (must succeed), then the container."""
+        gate = self.start_gate(i)
+        assert gate.returncode == 0, gate.stderr
         self.docker(f"redis-{i + 1}").start()
 
     def kill_sentinel(self, i: int) -> None:
@@ -223,15 +261,17 @@ class Testbed(ContainerTestbed):
             self.exec("haproxy", f"setsid nohup bash -c 'while true; do sleep {self.timer_s}; "
                                  "/usr/local/keybuzz-bin/redis-update-master.sh; done' >>/tmp/timer.log 2>&1 &")
 
-    def update(self, conf_overrides: dict[str, str] | None = None) -> tuple[int, str]:
-        """One run of the real redis-update-master.sh (optionally with another settings file)."""
-        prefix = ""
+    def update(self, conf_overrides: dict[str, str] | None = None, env: dict[str, str] | None = None,
+               timeout: float = 60) -> tuple[int, str]:
+        """One run of the real redis-update-master.sh (optionally with another settings file, or environment
+        variables such as the unit's FAIL_AFTER)."""
+        prefix = "".join(f"{k}='{v}' " for k, v in (env or {}).items())
         if conf_overrides:
             extra = "\n".join(f'{k}="{v}"' for k, v in conf_overrides.items())
             self.exec("haproxy", f"cp /etc/keybuzz/redis-update-master.conf /tmp/alt.conf && "
                                  f"cat >>/tmp/alt.conf <<'EOF'\n{extra}\nEOF")
-            prefix = "REDIS_UPDATE_MASTER_CONF=/tmp/alt.conf "
-        return self.exec("haproxy", prefix + "/usr/local/keybuzz-bin/redis-update-master.sh")
+            prefix += "REDIS_UPDATE_MASTER_CONF=/tmp/alt.conf "
+        return self.exec("haproxy", prefix + "/usr/local/keybuzz-bin/redis-update-master.sh", timeout=timeout)
 
     def logs(self) -> str:
         return self.exec("haproxy", "cat /tmp/watch.log /tmp/timer.log 2>/dev/null")[1]
@@ -311,7 +351,9 @@ class Testbed(ContainerTestbed):
         def ready() -> bool:
             try:
                 info = self.redis_client(self.redis_ips[0]).info("replication")
-                if info.get("connected_slaves") != 2:
+                # connected is not enough: a replica still loading its first sync would miss the next write
+                if info.get("connected_slaves") != 2 or any(
+                        info.get(f"slave{n}", {}).get("state") != "online" for n in range(2)):
                     return False
                 for ip in self.sentinel_ips:
                     m = self.redis_client(ip, 26379).execute_command("SENTINEL", "MASTER", MASTER_NAME)

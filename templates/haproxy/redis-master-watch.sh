@@ -9,8 +9,10 @@
 # <new-port>` when IT switches, so subscribing to all of them gives one trigger per Sentinel: the update
 # script (majority rule) switches as soon as the second one has switched.
 #
-# Each subscription reconnects forever (1 s pause); after each (re)connection one update run catches up
-# with anything missed while disconnected. Settings: same files as redis-update-master.sh.
+# Each subscription reconnects forever (1 s pause), and at least every SUBSCRIBE_RENEW s (a connection whose
+# peer vanished without a reset would otherwise stay silent forever); after each (re)connection one update
+# run catches up with anything missed while disconnected. Every update run is bounded (UPDATE_TIMEOUT s).
+# Settings: same files as redis-update-master.sh.
 
 set -u -o pipefail
 CONF=${REDIS_UPDATE_MASTER_CONF:-/etc/keybuzz/redis-update-master.conf}
@@ -20,6 +22,8 @@ UPDATE=${REDIS_UPDATE_MASTER:-/usr/local/bin/redis-update-master.sh}
 MASTER_NAME=${MASTER_NAME:-keybuzz-master}
 SENTINEL_PORT=${SENTINEL_PORT:-26379}
 REDIS_ENV_FILE=${REDIS_ENV_FILE:-/etc/keybuzz/redis.env}
+UPDATE_TIMEOUT=${UPDATE_TIMEOUT:-60}
+SUBSCRIBE_RENEW=${SUBSCRIBE_RENEW:-300}
 # shellcheck source=/dev/null
 . "$REDIS_ENV_FILE" || exit 2
 export REDISCLI_AUTH="$REDIS_HAPROXY_PASSWORD"
@@ -28,6 +32,14 @@ unset REDIS_HAPROXY_PASSWORD
 log() {
     if [ -n "${INVOCATION_ID:-}" ]; then echo "redis-master-watch: $*"
     else echo "$(date '+%F %T.%3N') redis-master-watch: $*"; fi
+}
+
+# update: one bounded run of the update script (its own log says why it failed, if it did)
+update() {
+    local code=0
+    timeout -k 5 "$UPDATE_TIMEOUT" "$UPDATE" </dev/null || code=$?
+    if [ "$code" = 124 ]; then log "redis-update-master.sh timed out after $UPDATE_TIMEOUT s"
+    elif [ "$code" != 0 ]; then log "redis-update-master.sh exited $code"; fi
 }
 
 # watch_one "ip[:port]": subscribe to +switch-master of one Sentinel, run the update on every message.
@@ -40,10 +52,10 @@ watch_one() {
         #   message / +switch-master / <payload>      (a failover)
         while IFS= read -r line; do
             case $line in
-                subscribe) "$UPDATE" ;;  # (re)connected: catch up
-                "$MASTER_NAME "*) log "Sentinel $host: +switch-master $line"; "$UPDATE" ;;
+                subscribe) update ;;  # (re)connected: catch up
+                "$MASTER_NAME "*) log "Sentinel $host: +switch-master $line"; update ;;
             esac
-        done < <(redis-cli --no-auth-warning --user "$REDIS_HAPROXY_USER" -h "$host" -p "$port" SUBSCRIBE +switch-master 2>/dev/null)
+        done < <(timeout -k 5 "$SUBSCRIBE_RENEW" redis-cli --no-auth-warning --user "$REDIS_HAPROXY_USER" -h "$host" -p "$port" SUBSCRIBE +switch-master 2>/dev/null)
         sleep 1
     done
 }

@@ -12,12 +12,27 @@
 #   * the address must be a well-formed IPv4:port of a known Redis node, and answer ROLE "master";
 #   * nothing is written and HAProxy is not reloaded when the master did not change;
 #   * the new haproxy.cfg is validated (haproxy -c) before it replaces the old one (atomic rename);
-#   * one run at a time (flock);
+#   * one run at a time (flock on $LOCK_FILE, in the root-only runtime directory $RUN_DIR; the haproxy deploy
+#     installs haproxy.cfg under the same lock); its candidate file has a unique name (mktemp);
+#   * every external command has a timeout (redis-cli, socat, haproxy -c, the reload): a hung one cannot
+#     hold the lock; temporary files live in $RUN_DIR (/run: a full root disk is not "no majority");
 #   * after a switch, every HAProxy process (current and old workers) drops its sessions to the old master,
 #     so no client stays attached to a demoted master (a reload alone leaves them where they are).
 #
-# Exit codes: 0 ok, 2 bad local configuration, 3 no majority / no valid master (cfg untouched),
-#             4 validation or reload failed (old cfg kept).
+# Exit codes (the journal line says which and why):
+#   0 HAProxy points at the master (or, with FAIL_AFTER, it has failed for less than FAIL_AFTER s: logged)
+#   2 bad local configuration (settings, credentials file, haproxy.cfg without a valid server line)
+#   3 no majority: no majority of the Sentinels agrees on a master (haproxy.cfg untouched)
+#   4 the candidate haproxy.cfg is invalid (haproxy -c refused it, or timed out; old file kept)
+#   5 lock busy: another run (or the haproxy deploy) held $LOCK_FILE for LOCK_WAIT s
+#   6 not a master: the majority names an address that is not a Redis node, or not ROLE master
+#   7 reload failed (or timed out); HAProxy was switched at runtime, the file is already the new one
+#
+# Never silent (issue 10 §4): each run records, in $RUN_DIR, the time of the last successful follow
+# (last-follow) and since when it has been failing (failing-since). redis-update-master.service sets
+# FAIL_AFTER=60: a failure younger than that exits 0 (logged: a failover in progress is not an alert); one
+# older makes the unit fail (systemctl --failed) with its code and the time since the last follow. By hand
+# (FAIL_AFTER unset = 0) every failure exits with its code at once.
 #
 # Settings come from $REDIS_UPDATE_MASTER_CONF (default /etc/keybuzz/redis-update-master.conf, not secret);
 # the Redis login (REDIS_HAPROXY_USER: ROLE, SENTINEL get-master-addr-by-name, +switch-master, nothing else)
@@ -43,7 +58,12 @@ QUERY_TIMEOUT=${QUERY_TIMEOUT:-1}
 HAPROXY_CHECK_CMD=${HAPROXY_CHECK_CMD:-/usr/local/sbin/keybuzz-haproxy-check}
 HAPROXY_RELOAD_CMD=${HAPROXY_RELOAD_CMD:-systemctl reload haproxy}
 HAPROXY_MASTER_SOCKET=${HAPROXY_MASTER_SOCKET:-/opt/keybuzz/haproxy/run/master.sock}
-LOCK_FILE=${LOCK_FILE:-/run/lock/redis-update-master.lock}
+RUN_DIR=${RUN_DIR:-/run/keybuzz-redis-update}
+LOCK_FILE=${LOCK_FILE:-$RUN_DIR/lock}
+LOCK_WAIT=${LOCK_WAIT:-20}
+CHECK_TIMEOUT=${CHECK_TIMEOUT:-20}
+RELOAD_TIMEOUT=${RELOAD_TIMEOUT:-30}
+FAIL_AFTER=${FAIL_AFTER:-0}
 # 1 = drop the sessions of every HAProxy process to the old master after a switch (tests turn it off once,
 # to show that without it a client stays attached to the demoted master).
 KILL_OLD_SESSIONS=${KILL_OLD_SESSIONS:-1}
@@ -58,8 +78,9 @@ export REDISCLI_AUTH="$REDIS_HAPROXY_PASSWORD"
 unset REDIS_HAPROXY_PASSWORD
 # --- end of credentials section ---
 
-exec 9>>"$LOCK_FILE" || { log "cannot open $LOCK_FILE"; exit 2; }
-flock -w 20 9 || { log "another run holds $LOCK_FILE for 20 s; giving up this one"; exit 3; }
+umask 077
+# root only: the lock and the state files; never /tmp (a full or shared /tmp must not look like a failover)
+install -d -m 700 "$RUN_DIR" || { log "cannot create $RUN_DIR"; exit 2; }
 
 # valid_addr "10.0.0.21:6379" -> 0 when it is a dotted IPv4 (each octet <= 255) and a port 1..65535.
 valid_addr() {
@@ -93,7 +114,7 @@ ask_sentinel() {
 # takes one timeout at worst, not one per dead Sentinel)
 sentinel_answers() {
     local s tmp
-    tmp=$(mktemp) || return 0
+    tmp=$(mktemp -p "$RUN_DIR" answers.XXXXXX) || return 0
     for s in $SENTINELS; do ask_sentinel "$s" >>"$tmp" & done
     wait
     cat "$tmp"; rm -f "$tmp"
@@ -157,7 +178,7 @@ follow_at_runtime() {
     local addr=$1 pid
     master_cli "@1 set server be_redis_master/redis-master addr ${addr%:*} port ${addr##*:}" >/dev/null || return 1
     # the server was probably marked DOWN while the old master was dead: new address, fresh start
-    master_cli "@1 set server be_redis_master/redis-master health up" >/dev/null
+    master_cli "@1 set server be_redis_master/redis-master health up" >/dev/null || return 1
     [ "$KILL_OLD_SESSIONS" = 1 ] || return 0
     for pid in $(worker_pids); do
         master_cli "@!$pid shutdown sessions server be_redis_master/redis-master" >/dev/null
@@ -174,7 +195,7 @@ main() {
     fi
     if ! known_node "$new"; then
         log "Sentinels name $new, which is not a Redis node ($REDIS_NODES); haproxy.cfg untouched"
-        return 3
+        return 6
     fi
     if ! valid_addr "${current:-x}"; then
         log "no valid 'server redis-master' line in $HAPROXY_CFG; refusing to edit it"
@@ -186,7 +207,7 @@ main() {
     fi
     if ! is_master "$new"; then
         log "Sentinels name $new but it does not answer ROLE master; haproxy.cfg untouched"
-        return 3
+        return 6
     fi
     # HAProxy first, at runtime (the fast path: new connections go to the new master and no session stays
     # on the old one from this moment); then the file, validated, and the reload that makes it durable
@@ -195,25 +216,55 @@ main() {
         follow_at_runtime "$new" || log "runtime update failed (HAProxy down?); the file and reload follow"
     fi
     [ "$new" != "$current" ] || return 0  # the file was right already (a failed reload, a hand edit)
-    candidate="$HAPROXY_CFG.keybuzz-new"
-    # copy keeps owner and mode; only the one server line of be_redis_master changes
-    cp -p "$HAPROXY_CFG" "$candidate" || return 4
+    # a unique name beside haproxy.cfg (atomic rename; never the deploy's candidate); the copy keeps owner and
+    # mode; only the one server line of be_redis_master changes
+    candidate=$(mktemp "$HAPROXY_CFG.redis-update.XXXXXX") || return 4
+    cp -p "$HAPROXY_CFG" "$candidate" || { rm -f "$candidate"; return 4; }
     awk -v new="$new" '
         /^[ \t]*(backend|frontend|listen|defaults|global|peers|resolvers|userlist)[ \t]/ { inb = ($1 == "backend" && $2 == "be_redis_master") }
         inb && $1 == "server" && $2 == "redis-master" { sub(/[0-9.]+:[0-9]+/, new) }
         { print }' "$HAPROXY_CFG" >"$candidate" || { rm -f "$candidate"; return 4; }
-    if [ "$(cfg_master "$candidate")" != "$new" ] || ! $HAPROXY_CHECK_CMD "$candidate" >/dev/null 2>&1; then
+    if [ "$(cfg_master "$candidate")" != "$new" ] \
+        || ! timeout -k 5 "$CHECK_TIMEOUT" $HAPROXY_CHECK_CMD "$candidate" >/dev/null 2>&1 </dev/null; then
         log "candidate config for $new is invalid; haproxy.cfg untouched, no reload"
         rm -f "$candidate"
         return 4
     fi
-    mv -f "$candidate" "$HAPROXY_CFG" || return 4
+    mv -f "$candidate" "$HAPROXY_CFG" || { rm -f "$candidate"; return 4; }
     log "haproxy.cfg: server redis-master $current -> $new (validated); reloading"
-    if ! $HAPROXY_RELOAD_CMD; then
-        log "reload failed (the running HAProxy was updated at runtime)"
-        return 4
+    if ! timeout -k 5 "$RELOAD_TIMEOUT" $HAPROXY_RELOAD_CMD </dev/null; then
+        log "reload failed or took more than $RELOAD_TIMEOUT s (the running HAProxy was updated at runtime)"
+        return 7
     fi
     return 0
 }
 
+# finish CODE: record the outcome in $RUN_DIR and exit (see "Never silent" above)
+finish() {
+    local code=$1 now since
+    now=$(date +%s)
+    if [ "$code" = 0 ]; then
+        echo "$now" >"$RUN_DIR/last-follow"
+        rm -f "$RUN_DIR/failing-since"
+        exit 0
+    fi
+    [ -s "$RUN_DIR/failing-since" ] || echo "$now" >"$RUN_DIR/failing-since"
+    since=$(cat "$RUN_DIR/failing-since" 2>/dev/null || echo "$now")
+    if [ $((now - since)) -lt "$FAIL_AFTER" ]; then
+        log "could not follow (code $code) for $((now - since)) s; failing the unit after $FAIL_AFTER s"
+        exit 0
+    fi
+    local last
+    last=$(cat "$RUN_DIR/last-follow" 2>/dev/null) && last="$(date -d "@$last" '+%F %T') ($((now - last)) s ago)" \
+        || last="never since boot"
+    log "NOT FOLLOWING the Redis master for $((now - since)) s (code $code; last successful follow: $last)"
+    exit "$code"
+}
+
+exec 9>>"$LOCK_FILE" || { log "cannot open $LOCK_FILE"; exit 2; }
+if ! timeout -k 1 "$((LOCK_WAIT + 5))" flock -w "$LOCK_WAIT" 9; then
+    log "lock busy: another run or the haproxy deploy holds $LOCK_FILE for $LOCK_WAIT s; giving up this one"
+    finish 5
+fi
 main
+finish $?
