@@ -37,6 +37,7 @@ from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from keybuzz.context import layer_context
+from keybuzz.facts import ServiceActive
 from keybuzz.ops import container_unit, owned_directory, secret_file, template
 from keybuzz.redis.client import PasswordMismatch, cluster_view, redis_drift, sentinel_drift
 from keybuzz.redis.settings import (
@@ -143,6 +144,9 @@ sentinel_unit = container_unit(
     run_args=["--user", f"{UID}:{GID}", "-v", f"{REDIS_ROOT}/sentinel:/sentinel"],
     description="KeyBuzz Redis Sentinel (keybuzz-master, quorum 2)",
 )
+# read before the start below: a service this run starts picks its files up by starting (a first install must
+# not be "restarted", and above all its master must not be handed over to a replica)
+WAS_ACTIVE = {service: host.get_fact(ServiceActive, service=service) for service in ("redis", "redis-sentinel")}
 systemd.daemon_reload(name="systemd daemon-reload", _if=any_changed(*redis_unit, *sentinel_unit))
 for service in ("redis", "redis-sentinel"):
     systemd.service(name=f"Enable and start {service}", service=service, running=True, enabled=True)
@@ -152,16 +156,18 @@ for service in ("redis", "redis-sentinel"):
 RESTART_REDIS = ["systemctl restart redis", f"{SETTINGS_TOOL} wait-synced"]
 if not IS_MASTER:
     server.shell(name="Restart redis (replica, its definition changed) and wait until in sync",
-                 commands=RESTART_REDIS, _if=any_changed(*redis_unit), _serial=True)
+                 commands=RESTART_REDIS, _if=lambda: WAS_ACTIVE["redis"] and any_changed(*redis_unit)(),
+                 _serial=True)
 if IS_MASTER:
     # handed over first (writes paused, SENTINEL FAILOVER), then restarted: it comes back as a replica (gate)
     server.shell(name="Hand the master over (SENTINEL FAILOVER, writes paused), then restart redis (its "
                       "definition changed) and wait until in sync",
-                 commands=[f"{SETTINGS_TOOL} handover", *RESTART_REDIS], _if=any_changed(*redis_unit), _serial=True)
+                 commands=[f"{SETTINGS_TOOL} handover", *RESTART_REDIS],
+                 _if=lambda: WAS_ACTIVE["redis"] and any_changed(*redis_unit)(), _serial=True)
 server.shell(
     name="Restart redis-sentinel (its definition changed) and wait until it sees its peers",
     commands=["systemctl restart redis-sentinel", f"{SETTINGS_TOOL} wait-sentinel"],
-    _if=any_changed(*sentinel_unit), _serial=True,
+    _if=lambda: WAS_ACTIVE["redis-sentinel"] and any_changed(*sentinel_unit)(), _serial=True,
 )
 
 # --- runtime settings (compared now, read-only; applied by an operation only if they differ) ------------

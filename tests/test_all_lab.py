@@ -41,8 +41,10 @@ def _lab_secrets() -> list[str]:
     values = []
     for brick in credentials.BRICKS:
         try:
+            # generated secrets (43 characters); user names ("postgres", "erpnext") are not secrets and do
+            # appear in the output (`credentials postgres loaded` names the brick)
             values += [v for v in credentials.FileBackend(lab_module.paths()["credentials"]).read(brick).values() if
-                       len(v) >= 4]
+                       len(v) >= 16]
         except Exception:  # a brick the lab has no file for holds nothing to leak
             continue
     return values

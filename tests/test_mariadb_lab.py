@@ -71,7 +71,7 @@ def deployed(lab):
 
 
 def test_first_deploy_bootstraps_maria_01_and_prints_no_secret_at_vvv(lab, deployed):
-    assert "Bootstrap the Galera cluster from maria-01" in deployed.output
+    assert "Bring every Galera node into one Primary cluster (now: bootstrap maria-01;" in deployed.output
     for secret in _secrets():
         assert secret not in deployed.output
     for host in MARIA_HOSTS:  # the bootstrap flag never outlives the bootstrap
@@ -98,8 +98,10 @@ def test_secret_files_are_owner_only_and_not_in_docker_inspect(lab, deployed):
 def test_galera_ports_listen_on_the_private_address_only(lab, deployed):
     for host, ip in MARIA_HOSTS.items():
         listening = lab.exec(host, "ss -Hltn").stdout
-        for port in (S.gcomm_port, S.ist_port):
-            assert f"{ip}:{port}" in listening and f"0.0.0.0:{port}" not in listening, listening
+        # group communication listens all the time; IST (and SST) only while a node receives a transfer
+        assert f"{ip}:{S.gcomm_port}" in listening, listening
+        for port in (S.gcomm_port, S.ist_port, S.sst_port):
+            assert f"0.0.0.0:{port}" not in listening and f"*:{port}" not in listening, listening
         assert f"{ip}:{S.port}" in listening and f"127.0.0.1:{S.port}" in listening
         assert f"0.0.0.0:{S.port}" not in listening and f"*:{S.port}" not in listening
 
