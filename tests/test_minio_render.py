@@ -77,9 +77,9 @@ def test_nothing_secret_reaches_a_command_line_or_the_containers_environment(tmp
     env = docker_env_file(env_text)
     assert set(env) == {"MINIO_VOLUMES", "MINIO_ROOT_USER_FILE", "MINIO_ROOT_PASSWORD_FILE"}
     # the *_FILE variables name files of the read-only secrets mount, which holds the files the deploy writes
-    mount = argv[argv.index(f"{S.SECRETS_DIR}:{S.CONTAINER_SECRETS}:ro") - 1]
+    mount = argv[argv.index(f"{S.SECRETS_DIR}:{S.CREDENTIALS_MOUNT}:ro") - 1]
     assert mount == "-v"
-    assert {env[f"{var}_FILE"] for var in S.ROOT_FILES} == {f"{S.CONTAINER_SECRETS}/{n}" for n in S.ROOT_FILES.values()}
+    assert {env[f"{var}_FILE"] for var in S.ROOT_FILES} == {f"{S.CREDENTIALS_MOUNT}/{n}" for n in S.ROOT_FILES.values()}
     deploy = (ROOT / "deploys" / "minio.py").read_text()
     assert "ROOT_FILES.items()" in deploy and "secret_file(" in deploy
 

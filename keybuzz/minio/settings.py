@@ -47,7 +47,7 @@ DATA_DIR = f"{BASE_DIR}/data"  # design §B: /opt/keybuzz/minio/data -> /data
 SECRETS_DIR = f"{BASE_DIR}/secrets"  # root 0700: mounted read-only on /run/secrets
 ENV_FILE = f"{BASE_DIR}/minio.env"  # root 0600, --env-file: MINIO_VOLUMES and the secret files' names
 CONTAINER_DATA = "/data"
-CONTAINER_SECRETS = "/run/secrets"  # MinIO's own default place for *_FILE credentials
+CREDENTIALS_MOUNT = "/run/secrets"  # MinIO's own default place for *_FILE credentials
 # the root credentials' files in SECRETS_DIR (MinIO reads /run/secrets/<name> through MINIO_ROOT_*_FILE)
 ROOT_FILES = {"MINIO_ROOT_USER": "minio_root_user", "MINIO_ROOT_PASSWORD": "minio_root_password"}
 NODE_SCRIPT = "/usr/local/sbin/keybuzz-minio"
@@ -112,7 +112,7 @@ def render_env_file(hosts) -> str:
     ['MINIO_VOLUMES', 'MINIO_ROOT_USER_FILE', 'MINIO_ROOT_PASSWORD_FILE']
     """
     return render("minio/minio.env.j2", volumes=minio_volumes(hosts),
-                  files={f"{var}_FILE": f"{CONTAINER_SECRETS}/{name}" for var, name in ROOT_FILES.items()})
+                  files={f"{var}_FILE": f"{CREDENTIALS_MOUNT}/{name}" for var, name in ROOT_FILES.items()})
 
 
 def run_args(nodes) -> list[str]:
@@ -129,7 +129,7 @@ def run_args(nodes) -> list[str]:
     """
     args = ["--env-file", ENV_FILE,
             "-v", f"{DATA_DIR}:{CONTAINER_DATA}",
-            "-v", f"{SECRETS_DIR}:{CONTAINER_SECRETS}:ro"]
+            "-v", f"{SECRETS_DIR}:{CREDENTIALS_MOUNT}:ro"]
     for name, ip in dns_names(nodes).items():
         args += ["--add-host", f"{name}:{ip}"]
     return args
