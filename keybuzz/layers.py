@@ -28,6 +28,8 @@ class Layer:
     renders: tuple[str, ...] = ()  # other roles whose addresses go into its configs
     data_dir: str | None = None  # /opt/keybuzz/<data_dir> on its hosts (created by the base OS layer)
     help: str = ""
+    versions: tuple[str, ...] = ()  # versions.yaml keys it installs (what "pinned" means in `invoke all`'s report)
+    checked_after: str | None = None  # its checks wait for this later layer's deploy (they go through it)
 
     @property
     def deploy(self) -> str:
@@ -50,17 +52,25 @@ _ALL_ROLES = tuple(r for r in ROLES if r != "install")
 # Order matters: `invoke all` runs them top to bottom. HAProxy comes right after what it fronts
 # (DB, Redis, RabbitMQ), as the design puts "HAProxy with what it fronts".
 LAYERS: dict[str, Layer] = {layer.name: layer for layer in (
-    Layer("base_os", _ALL_ROLES, help="Docker Engine, time sync, sysctls, data dirs, name resolution"),
-    Layer("db", ("db",), ("postgres",), data_dir="postgres", help="PostgreSQL + Patroni + PgBouncer"),
-    Layer("redis", ("redis",), ("redis",), data_dir="redis", help="Redis + Sentinel x3, master keybuzz-master"),
-    Layer("rabbitmq", ("rabbitmq",), ("rabbitmq",), data_dir="rabbitmq", help="RabbitMQ quorum cluster x3"),
+    Layer("base_os", _ALL_ROLES, versions=("docker_engine_package",),
+          help="Docker Engine, time sync, sysctls, data dirs, name resolution"),
+    # DB, Redis and RabbitMQ are checked through the load balancer (10.0.0.10 -> HAProxy): after HAProxy's deploy
+    Layer("db", ("db",), ("postgres",), data_dir="postgres", checked_after="haproxy",
+          versions=("postgres_image", "patroni_image", "etcd_image", "pgbouncer_image"),
+          help="PostgreSQL + Patroni + PgBouncer"),
+    Layer("redis", ("redis",), ("redis",), data_dir="redis", checked_after="haproxy", versions=("redis_image",),
+          help="Redis + Sentinel x3, master keybuzz-master"),
+    Layer("rabbitmq", ("rabbitmq",), ("rabbitmq",), data_dir="rabbitmq", checked_after="haproxy",
+          versions=("rabbitmq_image",), help="RabbitMQ quorum cluster x3"),
     Layer("haproxy", ("haproxy",), ("redis",), renders=("db", "redis", "rabbitmq"), data_dir="haproxy",
-          help="HAProxy x2: 5432, 6432, 6379 (Redis master), 5672 (RabbitMQ)"),
-    Layer("minio", ("minio",), ("minio",), data_dir="minio", help="MinIO distributed x3"),
-    Layer("mariadb", ("mariadb",), ("mariadb",), data_dir="mariadb", help="MariaDB Galera"),
+          versions=("haproxy_image",), help="HAProxy x2: 5432, 6432, 6379 (Redis master), 5672 (RabbitMQ)"),
+    Layer("minio", ("minio",), ("minio",), data_dir="minio", versions=("minio_image",), help="MinIO distributed x3"),
+    Layer("mariadb", ("mariadb",), ("mariadb",), data_dir="mariadb", versions=("mariadb_galera_image",),
+          help="MariaDB Galera"),
     Layer("proxysql", ("proxysql",), ("proxysql", "mariadb"), renders=("mariadb",), data_dir="proxysql",
-          help="ProxySQL x2"),
-    Layer("k3s", ("k3s_masters", "k3s_workers"), ("k3s",), data_dir="k3s", help="K3s 3 masters + 5 workers, ingress"),
+          versions=("proxysql_image",), help="ProxySQL x2"),
+    Layer("k3s", ("k3s_masters", "k3s_workers"), ("k3s",), data_dir="k3s",
+          versions=("k3s_version", "nginx_ingress_image"), help="K3s 3 masters + 5 workers, ingress"),
 )}
 
 

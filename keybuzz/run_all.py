@@ -8,7 +8,7 @@ perf checks; the first red deploy or check stops the run; a report (Markdown + J
 
 The order is the layer table's (keybuzz/layers.py). The checks of DB, Redis and RabbitMQ go through the load
 balancer, hence through HAProxy, which is deployed after what it fronts (its config names their hosts): their
-checks run right after the HAProxy deploy, before HAProxy's own (CHECKED_AFTER). ProxySQL comes after MariaDB
+checks run right after the HAProxy deploy, before HAProxy's own (Layer.checked_after). ProxySQL comes after MariaDB
 (MariaDB's checks talk to the nodes, ProxySQL's go through ProxySQL to MariaDB).
 
 Everything the run does to the world goes through `Actions` (deploy, check, versions, sleep): the tests inject
@@ -35,20 +35,12 @@ from keybuzz.layers import Layer
 from keybuzz.runner import CHECK_KINDS, DeployResult, strip_colors
 
 # A layer's checks run once every layer they go through is deployed (the LB -> HAProxy path).
-CHECKED_AFTER: dict[str, str] = {"db": "haproxy", "redis": "haproxy", "rabbitmq": "haproxy"}
 # `invoke apps` trusts a green report for this long: long enough for a run, a review and the apps deploy in one
 # working session; short enough that yesterday's green never vouches for today's cluster.
 REPORT_MAX_AGE_S = 6 * 3600
 DIAG_RETRIES, DIAG_RETRY_S = 3, 10  # a just-deployed service may still converge; failover/perf are never retried
 HEARTBEAT_S = 30  # a step quiet this long prints a progress line (layer, step, elapsed)
 REPORTS_DIR = ROOT / ".keybuzz" / "reports"  # $KEYBUZZ_REPORTS_DIR names another
-# versions.yaml keys each layer installs (what "pinned" means in the report)
-VERSION_KEYS: dict[str, tuple[str, ...]] = {
-    "base_os": ("docker_engine_package",), "db": ("postgres_image", "patroni_image", "etcd_image", "pgbouncer_image"),
-    "redis": ("redis_image",), "rabbitmq": ("rabbitmq_image",), "haproxy": ("haproxy_image",),
-    "minio": ("minio_image",), "mariadb": ("mariadb_galera_image",), "proxysql": ("proxysql_image",),
-    "k3s": ("k3s_version", "nginx_ingress_image"),
-}
 
 
 @dataclass(frozen=True)
@@ -58,7 +50,7 @@ class Step:
 
 
 def plan(layers: Sequence[Layer], start: str | None = None) -> list[Step]:
-    """The run's steps: each layer's deploy, its checks right after (or after the layer in CHECKED_AFTER).
+    """The run's steps: each layer's deploy, its checks right after (or after its Layer.checked_after).
 
     `start` (--from) keeps the steps of that layer and the ones after it.
 
@@ -72,9 +64,10 @@ def plan(layers: Sequence[Layer], start: str | None = None) -> list[Step]:
     names = [layer.name for layer in layers]
     steps: list[Step] = []
     waiting: dict[str, list[str]] = {}
-    for name in names:
+    for layer in layers:
+        name = layer.name
         steps.append(Step("deploy", name))
-        after = CHECKED_AFTER.get(name)
+        after = layer.checked_after
         if after in names and names.index(after) > names.index(name):
             waiting.setdefault(after, []).append(name)
             continue
@@ -588,34 +581,49 @@ def _repo_name(ref: str) -> str:
     return re.split(r"[:@]", ref.rsplit("/", 1)[-1])[0]
 
 
-def layer_versions(layer: Layer, pins: Mapping | None = None, ask: Callable[[str], str] | None = None) -> dict:
-    """What the report says a layer runs: each pin of versions.yaml, and per host the image (with its registry
-    digest) actually running where Docker tells it (`ask(ip)` -> _RUNNING's output; SSH by default)."""
+def layer_versions(layer: Layer, pins: Mapping | None = None, ask: Callable[[str, str], str] | None = None,
+                   plan=None) -> dict:
+    """What the report says a layer runs: each pin of versions.yaml (Layer.versions), and per host what actually
+    runs: the image (with its registry digest) where Docker tells it, and for the other pins the answer of the
+    command the layer's check module names in VERSION_COMMANDS (K3s: `k3s --version`; base OS: the Docker
+    package). `ask(ip, command)` -> its output (SSH by default; "" when the host does not answer).
+    """
     from keybuzz import ssh
     from keybuzz.servers import load_servers
     from keybuzz.versions import load_versions
 
     pins = pins if pins is not None else load_versions()
-    keys = VERSION_KEYS.get(layer.name) or tuple(k for k in pins if k.startswith(f"{layer.name}_"))
+    plan = plan or load_servers()
+    keys = layer.versions
     out: dict = {key: {"pinned": str(pins.get(key, "?"))} for key in keys}
     images = {_repo_name(str(pins[k])): k for k in keys if k.endswith("_image") and pins.get(k)}
-    if not images:
-        return out
+    commands = {k: c for k, c in getattr(_check_module(layer), "VERSION_COMMANDS", {}).items() if k in out}
 
-    def over_ssh(ip: str) -> str:
-        result = ssh.run(ip, _RUNNING, timeout=30)
+    def over_ssh(ip: str, command: str) -> str:
+        result = ssh.run(ip, command, timeout=30)
         return result.stdout if result.returncode == 0 else ""
 
     ask = ask or over_ssh
     for role in layer.roles:
-        for server in load_servers().group(role):
+        for server in plan.group(role):
             if not server.ip:
                 continue
-            for image, digests in running_images(ask(server.ip)).items():
-                key = images.get(_repo_name(image))
-                if key:
-                    out[key].setdefault("running", {})[server.name] = f"{image}{' ' + digests if digests else ''}"
+            if images:
+                for image, digests in running_images(ask(server.ip, _RUNNING)).items():
+                    key = images.get(_repo_name(image))
+                    if key:
+                        out[key].setdefault("running", {})[server.name] = \
+                            f"{image}{' ' + digests if digests else ''}"
+            for key, command in commands.items():
+                answer = ask(server.ip, command).strip().splitlines()
+                if answer:
+                    out[key].setdefault("running", {})[server.name] = answer[0].strip()
     return out
+
+
+def _check_module(layer: Layer):
+    """keybuzz.<layer>.check, or None for a layer without checks."""
+    return importlib.import_module(layer.check) if layer.has_checks() else None
 
 
 def real_actions(deploy: Callable[..., DeployResult] | None = None) -> Actions:

@@ -12,11 +12,12 @@ import time
 import pytest
 
 from helpers import run as run_cli
-from keybuzz import run_all
+from keybuzz import ROOT, run_all
 from keybuzz.checks import Report
 from keybuzz.k3s.apps import apps_gate
 from keybuzz.layers import LAYERS, ordered
 from keybuzz.runner import DeployResult
+from keybuzz.servers import load_servers
 
 CANARY = "CANARY-s3cr3t-4b5c6d7e8f90"
 INVENTORY = {"path": "servers.tsv", "sha256": "0" * 64}
@@ -313,9 +314,36 @@ def test_versions_name_the_pin_and_what_each_host_runs_with_its_digest():
     answers = {"10.0.0.11": "registry:5000/haproxy:2.8.5 registry:5000/haproxy@sha256:aa\nother:1.0 \n",
                "10.0.0.12": ""}
     versions = run_all.layer_versions(LAYERS["haproxy"], {"haproxy_image": "haproxy:2.8.5"},
-                                      ask=lambda ip: answers.get(ip, ""))
+                                      ask=lambda ip, command: answers.get(ip, ""))
     assert versions == {"haproxy_image": {"pinned": "haproxy:2.8.5", "running": {
         "haproxy-01": "registry:5000/haproxy:2.8.5 registry:5000/haproxy@sha256:aa"}}}
+
+
+@pytest.mark.parametrize("layer, key, command_word, answer, running", [
+    ("k3s", "k3s_version", "k3s", "k3s version v1.30.4+k3s1 (98262b5d)\ngo version go1.22.5\n",
+     "k3s version v1.30.4+k3s1 (98262b5d)"),
+    ("base_os", "docker_engine_package", "dpkg-query", "20.10.24+dfsg1-1+deb12u1", "20.10.24+dfsg1-1+deb12u1"),
+])
+def test_versions_of_what_is_not_an_image_come_from_the_layer_s_version_command(layer, key, command_word, answer,
+                                                                                  running, tmp_path):
+    """Layers whose pins are not images (K3s binary, the Docker package) say what runs through their check
+    module's VERSION_COMMANDS, asked on every host of the layer; a host that does not answer is left out."""
+    lines = (ROOT / "servers.tsv").read_text().splitlines()
+    filled = tmp_path / "servers.tsv"  # the TBD addresses (K3s nodes) given one, as an operator will
+    filled.write_text("\n".join(line.replace("\tTBD\t", f"\t10.0.9.{n}\t") for n, line in enumerate(lines)) + "\n")
+    plan = load_servers(filled)
+    ips = [s.ip for role in LAYERS[layer].roles for s in plan.group(role)]
+    silent = ips[0]
+    asked = []
+
+    def ask(ip, command):
+        asked.append(ip)
+        return answer if command_word in command and ip != silent else ""
+
+    versions = run_all.layer_versions(LAYERS[layer], {key: "pin"}, ask=ask, plan=plan)
+    hosts = versions[key]["running"]
+    assert set(hosts.values()) == {running}, versions
+    assert sorted(set(asked)) == sorted(ips) and len(hosts) == len(ips) - 1 > 1
 
 
 def test_invoke_all_refuses_an_unknown_from_before_anything_runs():

@@ -27,6 +27,10 @@ NOT_APPLICABLE = {
     "perf": "the base OS has nothing of its own to measure (each service layer's perf does)",
 }
 
+# What `invoke all`'s report says runs (keybuzz.run_all.layer_versions): the Docker package's installed version
+# (nothing on K3s nodes, which have no Docker)
+VERSION_COMMANDS = {"docker_engine_package": "dpkg-query -W -f '${Version}' docker.io 2>/dev/null || true"}
+
 HOST_FACTS = (
     'echo "docker=$(systemctl is-active docker.service)"; '
     'echo "timesyncd=$(systemctl is-enabled systemd-timesyncd.service)"; '

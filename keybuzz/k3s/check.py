@@ -23,7 +23,11 @@ import time
 from keybuzz import ssh
 from keybuzz.checks import Report, Target
 from keybuzz.k3s import client
-from keybuzz.k3s.settings import API_LOAD_BALANCERS, API_PORT, INGRESS_NAMESPACE, SERVER_UNIT
+from keybuzz.k3s.settings import API_LOAD_BALANCERS, API_PORT, BINARY, INGRESS_NAMESPACE, SERVER_UNIT
+
+# What `invoke all`'s report says runs (keybuzz.run_all.layer_versions keeps the first line): the K3s binary on
+# each node ("k3s version v1.30.4+k3s1 (98262b5d)")
+VERSION_COMMANDS = {"k3s_version": f"{BINARY} --version"}
 
 FAILOVER_SECONDS = 60  # how long the API through the LB is watched while a master is down
 READY_SECONDS = 300
