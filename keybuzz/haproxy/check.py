@@ -25,10 +25,10 @@ from keybuzz.redis import check as _redis
 
 # The ports whose new connections the failover check watches, and what answers there without credentials.
 PROBED = {6379: "redis", 5672: "amqp"}
-# Longest failure window the check accepts: the window of the Hetzner LB settings the README recommends
-# (interval 3 s, timeout 1 s, retries 1: a dead target is out after at most 2 x (3 + 1) s), plus margin.
+# Longest failure window the check accepts: with the Hetzner LB settings the README recommends (interval 3 s,
+# timeout 1 s, retries 1) the lab's stand-in measured 8.5-11.7 s (bench/lb_failover.py, host SIGKILLed x10);
 # Hetzner's defaults (15 s, 10 s, 3 retries) give about a minute and fail this check on purpose.
-WINDOW_BOUND_S = 10.0
+WINDOW_BOUND_S = 15.0
 WATCH_S = 75.0  # how long the probes watch after the stop (Hetzner's defaults would need about 60 s)
 SETTLED_S = 3.0  # every probe answering this long in a row: the load balancer has taken the host out
 
