@@ -76,6 +76,11 @@ def test_invoke_all_lab_from_no_lab_runs_every_layer_the_lab_can_run_and_writes_
     assert by_name["db"]["checks"][1]["metrics"]["lost"] == 0
     assert by_name["rabbitmq"]["checks"][1]["metrics"]["lost"] == 0
     assert "gap_s" in by_name["redis"]["checks"][1]["metrics"]
+    # the HAProxy tier's failover: one HAProxy host stopped, new connections through the LB measured per port
+    tier = by_name["haproxy"]["checks"][1]["metrics"]
+    assert {"window_6379_s", "window_5672_s", "failed_6379", "failed_5672"} <= set(tier), tier
+    # the base OS's running Docker package, from its VERSION_COMMANDS (hosts without Docker: K3s nodes)
+    assert by_name["base_os"]["versions"]["docker_engine_package"]["running"], by_name["base_os"]["versions"]
     # the images actually running, with their digest from the lab registry
     running = by_name["redis"]["versions"]["redis_image"]["running"]
     assert set(running) == {h.name for h in lab_module.TOPOLOGY if h.role == "redis"}
