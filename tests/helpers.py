@@ -51,3 +51,29 @@ def docker_time(iso: str) -> float:
 
     stamp, _, frac = iso.rstrip("Z").partition(".")
     return datetime.fromisoformat(stamp + "+00:00").timestamp() + float("0." + (frac or "0"))
+
+
+def roles_until_replica_of(client, master_ip: str, seconds: float, every: float = 0.05) -> list[str]:
+    """Poll `ROLE` on a returning old master (a redis-py client without retries) every `every` s until it is a
+    connected replica of `master_ip`, at most `seconds`; return every role it answered, in order.
+
+    Before its first answer it is not accepting connections yet (errors are waited out); after it, every poll
+    must answer (an error is raised): a node that answered once and then vanished is a finding, not noise.
+    """
+    import time
+
+    roles: list[str] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            role = client.execute_command("ROLE")
+        except Exception:  # noqa: BLE001 - redis.RedisError or OSError: not accepting connections yet
+            if roles:
+                raise
+            time.sleep(every)
+            continue
+        roles.append(role[0])
+        if role[0] == "slave" and role[1] == master_ip and role[3] == "connected":
+            break
+        time.sleep(every)
+    return roles

@@ -15,6 +15,7 @@ import time
 import pytest
 import redis
 
+from helpers import roles_until_replica_of
 from keybuzz.haproxy.settings import CONTAINER_CFG_DIR, UPDATE_LOCK, UPDATE_RUN_DIR
 from keybuzz.redis.settings import Login, env_file, render_redis_acl, render_sentinel_acl
 from keybuzz.redis.testbed import NAMES, Testbed  # noqa: E402
@@ -409,20 +410,7 @@ def test_a_returning_old_master_is_never_a_master_not_even_for_a_moment(tb):
     new = _switched_away_from(tb, old)
     tb.start_redis(old_i)
     client = tb.redis_client(tb.redis_ips[old_i], timeout=0.5)
-    roles: list[str] = []
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            role = client.execute_command("ROLE")
-        except (redis.RedisError, OSError):
-            if roles:
-                raise  # it answered once: from then on every poll must answer
-            time.sleep(0.05)
-            continue
-        roles.append(role[0])
-        if role[0] == "slave" and role[1] == new.split(":")[0] and role[3] == "connected":
-            break
-        time.sleep(0.05)
+    roles = roles_until_replica_of(client, new.split(":")[0], seconds=30)
     assert roles, "the old master never accepted connections"
     assert "master" not in roles, f"the old master answered ROLE master {roles.count('master')} times"
     assert roles[-1] == "slave", roles[-5:]

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from helpers import docker_time
+from helpers import docker_time, roles_until_replica_of
 from keybuzz import credentials
 from keybuzz.lab import lab as lab_module
 from keybuzz.redis.client import WriteProbe, connect, no_retry_client
@@ -287,21 +287,8 @@ def test_a_killed_master_host_comes_back_as_a_replica_never_a_master(lab, deploy
     new = wait_for(lambda: (m := _sentinel_master(lab)) and m != old and m, 60, 0.2, "the Sentinels' failover")
     lab.start_host(host, wait=False)
     client = no_retry_client(old_ip, REDIS_PORT, _admin(lab), timeout=0.5)
-    roles: list[str] = []
-    deadline = time.monotonic() + 240  # host boot, dockerd, the gate, then Redis
-    try:
-        while time.monotonic() < deadline:
-            try:
-                role = client.execute_command("ROLE")
-            except Exception:  # noqa: BLE001 - not accepting connections yet
-                if roles:
-                    raise  # it answered once: from then on every poll must answer
-                time.sleep(0.05)
-                continue
-            roles.append(role[0])
-            if role[0] == "slave" and role[1] == new.split(":")[0] and role[3] == "connected":
-                break
-            time.sleep(0.05)
+    try:  # 240 s: host boot, dockerd, the gate, then Redis
+        roles = roles_until_replica_of(client, new.split(":")[0], seconds=240)
     finally:
         client.close()
     assert roles, f"Redis on {host} never accepted connections again"
