@@ -130,6 +130,51 @@ def test_failovers_are_followed_with_the_sentinel_of_redis_01_down(tb):
     _heal(tb)
 
 
+def test_a_haproxy_without_a_sentinel_majority_fails_closed_then_serves_again(tb):
+    """Issue 10 §3: two of the three Sentinels gone (as for a HAProxy on the minority side of a partition) while
+    the master still runs: the running follower (the watcher's guard, every 2 s) puts be_redis_master in
+    maintenance after NO_MAJORITY_MAINT (5 s) and cuts its sessions, so writes through HAProxy stop; once a
+    majority answers again, HAProxy serves again. Today's code kept writing into its last master."""
+    _heal(tb)
+    lb = tb.lb_client(0.5)
+    held = tb.lb_client(0.5)
+    assert held.set("fail-closed-before", "1")  # a session opened before: it must be cut too
+    tb.kill_sentinel(1)
+    tb.kill_sentinel(2)
+    lost_at = time.monotonic()
+
+    def refused() -> bool:
+        try:
+            lb.set("fail-closed-probe", "1")
+        except (redis.RedisError, OSError):
+            return True
+        return False
+
+    try:
+        try:
+            tb.wait_for(refused, 20, 0.1, "HAProxy refusing Redis without a Sentinel majority")
+        except TimeoutError:
+            raise AssertionError("still serving 20 s after the majority was lost; followers' log:\n"
+                                 + tb.logs()[-3000:]) from None
+        stopped_after = time.monotonic() - lost_at
+        with pytest.raises((redis.RedisError, OSError)):
+            held.set("fail-closed-held", "1")
+        assert "be_redis_master in MAINTENANCE (fail closed)" in tb.logs()
+        # the bound: NO_MAJORITY_MAINT 5 s + the guard's 2 s + one Sentinel query timeout (1 s), and margin
+        assert 5 <= stopped_after <= 12, f"writes stopped {stopped_after:.1f} s after the majority was lost"
+    finally:
+        tb.start_sentinel(1)
+        tb.start_sentinel(2)
+    tb.wait_for(lambda: not refused(), 30, 0.2, "HAProxy serving again once a majority answers")
+    assert "be_redis_master out of maintenance" in tb.logs()
+    print(f"\nfail closed: writes through HAProxy refused {stopped_after:.1f} s after 2 of 3 Sentinels went away")
+    _heal(tb)
+
+
+# settings of the update runs that ask fake or unreachable Sentinels (see the tests that use it)
+_OWN_RUN = {"RUN_DIR": "/run/keybuzz-redis-update-test", "NO_MAJORITY_MAINT": "3600"}
+
+
 def _fake_sentinels(tb: Testbed, replies: list[str]) -> str:
     """Start fake Sentinels inside the HAProxy container (ports 27001..), one per raw RESP reply (sent after
     the +OK that answers redis-cli's AUTH); returns the SENTINELS value naming them."""
@@ -175,7 +220,9 @@ def test_bad_sentinel_answers_leave_haproxy_cfg_untouched_and_haproxy_serving(tb
     else:
         sentinels = _fake_sentinels(tb, ["*-1\r\n", "*0\r\n", "$0\r\n\r\n"])
     before_cfg, before_pids = tb.haproxy_cfg(), tb.haproxy_pids()
-    rc, out = tb.update({"SENTINELS": sentinels})
+    # a runtime directory of its own, and no fail-closed: these runs ask fake Sentinels, while the HAProxy they
+    # would put in maintenance is the real one (its real followers see the real majority)
+    rc, out = tb.update({"SENTINELS": sentinels, **_OWN_RUN})
     not_a_master = case in ("majority-names-replica", "majority-names-unknown-node")
     assert rc == (6 if not_a_master else 3), out  # 6 "not a master", 3 "no majority" (script header)
     expected = {"majority-names-replica": "does not answer ROLE master",
@@ -495,7 +542,7 @@ def test_a_follower_that_cannot_follow_for_longer_than_fail_after_fails_and_says
     exits 0; an older one exits with its code (the unit fails: systemctl --failed) and says since when.
     (A runtime directory of its own: the running followers share the real one and would reset it.)"""
     _heal(tb)
-    own = {"RUN_DIR": "/run/keybuzz-redis-update-test"}
+    own = _OWN_RUN
     nobody = {**own, "SENTINELS": " ".join(tb.ip(n) for n in (97, 98, 99))}
     rc, out = tb.update(own, env={"FAIL_AFTER": "3"})
     assert (rc, out) == (0, "")

@@ -12,6 +12,10 @@
 # Each subscription reconnects forever (1 s pause), and at least every SUBSCRIBE_RENEW s (a connection whose
 # peer vanished without a reset would otherwise stay silent forever); after each (re)connection one update
 # run catches up with anything missed while disconnected. Every update run is bounded (UPDATE_TIMEOUT s).
+# A partition sends no event at all (the Sentinels on the other side are just silent): a guard runs the update
+# every GUARD_INTERVAL s as well, so that a HAProxy left without a Sentinel majority fails closed within
+# NO_MAJORITY_MAINT + GUARD_INTERVAL s (redis-update-master.sh; issue 10 §3). A run that changes nothing
+# writes nothing and logs nothing.
 # Settings: same files as redis-update-master.sh.
 
 set -u -o pipefail
@@ -24,6 +28,7 @@ SENTINEL_PORT=${SENTINEL_PORT:-26379}
 REDIS_ENV_FILE=${REDIS_ENV_FILE:-/etc/keybuzz/redis.env}
 UPDATE_TIMEOUT=${UPDATE_TIMEOUT:-60}
 SUBSCRIBE_RENEW=${SUBSCRIBE_RENEW:-300}
+GUARD_INTERVAL=${GUARD_INTERVAL:-2}
 # shellcheck source=/dev/null
 . "$REDIS_ENV_FILE" || exit 2
 export REDISCLI_AUTH="$REDIS_HAPROXY_PASSWORD"
@@ -60,7 +65,16 @@ watch_one() {
     done
 }
 
+# guard: the update every GUARD_INTERVAL s, whatever the subscriptions say (see the header)
+guard() {
+    while true; do
+        update
+        sleep "$GUARD_INTERVAL"
+    done
+}
+
 for sentinel in $SENTINELS; do
     watch_one "$sentinel" &
 done
+guard &
 wait

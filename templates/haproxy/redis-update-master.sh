@@ -17,7 +17,11 @@
 #   * every external command has a timeout (redis-cli, socat, haproxy -c, the reload): a hung one cannot
 #     hold the lock; temporary files live in $RUN_DIR (/run: a full root disk is not "no majority");
 #   * after a switch, every HAProxy process (current and old workers) drops its sessions to the old master,
-#     so no client stays attached to a demoted master (a reload alone leaves them where they are).
+#     so no client stays attached to a demoted master (a reload alone leaves them where they are);
+#   * fail closed (issue 10 §3): when no majority of Sentinels has been seen for NO_MAJORITY_MAINT s (this
+#     HAProxy is on the minority side of a partition, perhaps with the old master), the server goes into
+#     maintenance at runtime and its sessions are cut: no client writes into a master the majority may already
+#     have replaced. The first run that sees a majority again takes it out of maintenance.
 #
 # Exit codes (the journal line says which and why):
 #   0 HAProxy points at the master (or, with FAIL_AFTER, it has failed for less than FAIL_AFTER s: logged)
@@ -64,6 +68,9 @@ LOCK_WAIT=${LOCK_WAIT:-20}
 CHECK_TIMEOUT=${CHECK_TIMEOUT:-20}
 RELOAD_TIMEOUT=${RELOAD_TIMEOUT:-30}
 FAIL_AFTER=${FAIL_AFTER:-0}
+# Sentinel's down-after (5 s) is when the majority side starts replacing a master it cannot see: a minority
+# HAProxy stops routing after the same time without a majority (redis-master-watch.sh asks every 2 s).
+NO_MAJORITY_MAINT=${NO_MAJORITY_MAINT:-5}
 # 1 = drop the sessions of every HAProxy process to the old master after a switch (tests turn it off once,
 # to show that without it a client stays attached to the demoted master).
 KILL_OLD_SESSIONS=${KILL_OLD_SESSIONS:-1}
@@ -128,7 +135,9 @@ majority_of() {
 # sentinel_majority CURRENT -> the address a strict majority of the configured Sentinels agree on.
 # Sentinels switch one after the other (within a second: the leader first, the others on its hello
 # message): when some already name another master than CURRENT but no majority does yet, ask again a few
-# times (10 x 0.1 s) rather than waiting for the next trigger.
+# times (10 x 0.1 s) rather than waiting for the next trigger. Not when fewer Sentinels than a majority
+# answered at all (a partition, Sentinels down): asking again cannot make a majority, and the fail-closed
+# clock (fail_closed) must start at once.
 sentinel_majority() {
     local s total=0 answers winner try
     for s in $SENTINELS; do total=$((total + 1)); done
@@ -136,6 +145,7 @@ sentinel_majority() {
         answers=$(sentinel_answers)
         winner=$(printf '%s' "$answers" | grep . | majority_of "$total")
         if [ -n "$winner" ]; then echo "$winner"; return 0; fi
+        [ "$(printf '%s' "$answers" | grep -c .)" -ge $((total / 2 + 1)) ] || return 0  # too few answered
         printf '%s\n' "$answers" | grep -qvxF -e "$1" -e '' || return 0  # nobody names another master
         sleep 0.1
     done
@@ -185,12 +195,46 @@ follow_at_runtime() {
     done
 }
 
+# fail_closed: no majority now. Put the server in maintenance (and cut its sessions in every worker) once no
+# majority has been seen for NO_MAJORITY_MAINT s; $RUN_DIR/no-majority-since and $RUN_DIR/maint keep the state.
+fail_closed() {
+    local now since pid
+    now=$(date +%s)
+    [ -s "$RUN_DIR/no-majority-since" ] || echo "$RUN_STARTED" >"$RUN_DIR/no-majority-since"
+    since=$(cat "$RUN_DIR/no-majority-since" 2>/dev/null || echo "$now")
+    [ $((now - since)) -ge "$NO_MAJORITY_MAINT" ] || return 0
+    [ -e "$RUN_DIR/maint" ] && [ "$(runtime_admin_state)" != 0 ] && return 0
+    master_cli "@1 set server be_redis_master/redis-master state maint" >/dev/null || return 0
+    for pid in $(worker_pids); do
+        master_cli "@!$pid shutdown sessions server be_redis_master/redis-master" >/dev/null
+    done
+    : >"$RUN_DIR/maint"
+    log "no majority of Sentinels for $((now - since)) s: be_redis_master in MAINTENANCE (fail closed) until one is seen again"
+}
+
+# majority_seen: a majority answered again; leave maintenance if this script put the server there.
+majority_seen() {
+    rm -f "$RUN_DIR/no-majority-since"
+    [ -e "$RUN_DIR/maint" ] || return 0
+    master_cli "@1 set server be_redis_master/redis-master state ready" >/dev/null || return 0
+    rm -f "$RUN_DIR/maint"
+    log "a majority of Sentinels answers again: be_redis_master out of maintenance"
+}
+
+# runtime_admin_state -> srv_admin_state of be_redis_master/redis-master in the current worker (0 = none)
+runtime_admin_state() {
+    master_cli "@1 show servers state be_redis_master" 2>/dev/null | \
+        awk '$2 == "be_redis_master" && $4 == "redis-master" { print $7; exit }'
+}
+
 main() {
     local new current running candidate
+    RUN_STARTED=$(date +%s)
     current=$(cfg_master "$HAPROXY_CFG")
     new=$(sentinel_majority "${current:-none}")
     if [ -z "$new" ]; then
         log "no majority of Sentinels ($SENTINELS) agrees on a master of $MASTER_NAME; haproxy.cfg untouched"
+        fail_closed
         return 3
     fi
     if ! known_node "$new"; then
@@ -203,12 +247,14 @@ main() {
     fi
     running=$(runtime_master)
     if [ "$new" = "$current" ] && { [ -z "$running" ] || [ "$running" = "$new" ]; }; then
+        majority_seen
         return 0  # nothing changed: no write, no reload
     fi
     if ! is_master "$new"; then
         log "Sentinels name $new but it does not answer ROLE master; haproxy.cfg untouched"
         return 6
     fi
+    majority_seen  # before the switch: the new master is served as soon as HAProxy points at it
     # HAProxy first, at runtime (the fast path: new connections go to the new master and no session stays
     # on the old one from this moment); then the file, validated, and the reload that makes it durable
     if [ "$new" != "$running" ]; then
@@ -246,6 +292,13 @@ finish() {
     if [ "$code" = 0 ]; then
         echo "$now" >"$RUN_DIR/last-follow"
         rm -f "$RUN_DIR/failing-since"
+        # following again, whoever ran this (the watcher, the deploy, by hand): the unit's old failure is history
+        # (the journal keeps it); left in place it would keep `invoke check` red while the follower works
+        if command -v systemctl >/dev/null 2>&1 \
+            && timeout 5 systemctl is-failed --quiet redis-update-master.service 2>/dev/null; then
+            timeout 5 systemctl reset-failed redis-update-master.service 2>/dev/null \
+                && log "following again: cleared the earlier failure of redis-update-master.service"
+        fi
         exit 0
     fi
     [ -s "$RUN_DIR/failing-since" ] || echo "$now" >"$RUN_DIR/failing-since"
