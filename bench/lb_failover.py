@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from keybuzz.haproxy.client import ConnectProbe, answers  # noqa: E402
+from keybuzz.haproxy.client import ConnectProbe, answers, wait_quiet  # noqa: E402
 from keybuzz.haproxy.settings import READY_COMMAND  # noqa: E402
 from keybuzz.lab import lab  # noqa: E402
 
@@ -53,12 +53,7 @@ def one_kill(victim: str, ports: dict[int, str]) -> dict[int, tuple[float, int]]
         time.sleep(1)
         killed_at = time.monotonic()
         lab.kill_host(victim)
-        end = killed_at + WATCH_S
-        while time.monotonic() < end:  # done once no probe has failed for 5 s
-            last = max([killed_at, *(t for p in probes.values() for t in p.failures_since(killed_at))])
-            if time.monotonic() - last > 5 and time.monotonic() - killed_at > 5:
-                break
-            time.sleep(0.2)
+        wait_quiet(list(probes.values()), killed_at, quiet_s=5, bound_s=WATCH_S)  # done once none failed for 5 s
     finally:
         for probe in probes.values():
             probe.stop()

@@ -195,4 +195,3 @@ def test_host_boots_systemd_and_takes_the_lab_key(refs, tmp_path):
         assert refused.returncode == 255 and "Permission denied" in refused.stderr
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
-

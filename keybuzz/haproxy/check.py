@@ -19,7 +19,7 @@ import time
 
 from keybuzz import ssh
 from keybuzz.checks import Report, Target
-from keybuzz.haproxy.client import ConnectProbe
+from keybuzz.haproxy.client import ConnectProbe, wait_quiet
 from keybuzz.haproxy.settings import READY_COMMAND
 from keybuzz.redis import check as _redis
 
@@ -70,7 +70,7 @@ def failover(target: Target, stop: str = "systemctl stop haproxy", start: str = 
         if not _run(victim.ip, stop):
             report.add(f"could not stop HAProxy on {victim.name} (`{stop}`)", ok=False)
             return report
-        settled = _wait_settled(probes, stopped_at)
+        settled = wait_quiet(list(probes.values()), stopped_at, SETTLED_S, WATCH_S)
     finally:
         for probe in probes.values():
             probe.stop()
@@ -92,13 +92,3 @@ def failover(target: Target, stop: str = "systemctl stop haproxy", start: str = 
                else f"HAProxy on {victim.name} did not come back: `{start}` there", ok=started)
     return report
 
-
-def _wait_settled(probes: dict[int, ConnectProbe], since: float) -> bool:
-    """Wait (at most WATCH_S) until no probe has failed for SETTLED_S after the last failure since `since`."""
-    deadline = since + WATCH_S
-    while time.monotonic() < deadline:
-        last = max([since, *(t for p in probes.values() for t in p.failures_since(since))])
-        if time.monotonic() - last >= SETTLED_S and time.monotonic() - since >= SETTLED_S:
-            return True
-        time.sleep(0.2)
-    return False

@@ -136,3 +136,14 @@ class ConnectProbe:
         """
         after = self.failures_since(since)
         return round(after[-1] - since, 2) if after else 0.0
+
+
+def wait_quiet(probes: list[ConnectProbe], since: float, quiet_s: float, bound_s: float) -> bool:
+    """Wait until no probe has failed for `quiet_s` (counted from `since` or the last failure after it), at most
+    until `since + bound_s`. True when they went quiet: the failed-connection window is over."""
+    while time.monotonic() < since + bound_s:
+        last = max([since, *(t for p in probes for t in p.failures_since(since))])
+        if time.monotonic() - last >= quiet_s:
+            return True
+        time.sleep(0.2)
+    return False
