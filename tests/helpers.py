@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,15 +11,53 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
-# design §D, verbatim: the HAProxy layer must render exactly this block from the production plan
-DESIGN_D_BLOCK = """backend be_rabbitmq
-    mode tcp
-    option tcp-check
-    balance roundrobin
-    server queue-01 10.0.0.126:5672 check
-    server queue-02 10.0.0.127:5672 check
-    server queue-03 10.0.0.128:5672 check
-"""
+# The design's sections the tests compare the product with, kept verbatim in the repository (the design file
+# itself lives outside it): tests/fixtures/design/section_<letter>.md. tests/test_design_fixtures.py checks that
+# they still equal the design's text whenever the design file is there.
+DESIGN_FIXTURES = ROOT / "tests" / "fixtures" / "design"
+DESIGN_FILES = (ROOT.parent / "shared" / "spec" / "design-definitif.md", Path("/tmp/shared/spec/design-definitif.md"))
+
+
+def design_file() -> Path | None:
+    """The design document: $KEYBUZZ_DESIGN_FILE, else the first of DESIGN_FILES that exists, else None."""
+    if os.environ.get("KEYBUZZ_DESIGN_FILE"):
+        return Path(os.environ["KEYBUZZ_DESIGN_FILE"])
+    return next((p for p in DESIGN_FILES if p.is_file()), None)
+
+
+def design_section(text: str, letter: str) -> str:
+    r"""Section `letter` of the design's Markdown: from its `## <letter>. ` heading to the `---` rule ending it.
+
+    >>> design_section("# T\n## A. One\nx\n\n---\n## B. Two\ny\n---\n", "B")
+    '## B. Two\ny\n'
+    """
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"## {letter}. "))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].strip() == "---"), len(lines))
+    return "\n".join(lines[start:end]).strip("\n") + "\n"
+
+
+def design_text(letter: str) -> str:
+    """The kept copy of the design's section `letter`."""
+    return (DESIGN_FIXTURES / f"section_{letter}.md").read_text(encoding="utf-8")
+
+
+def design_blocks(letter: str, lang: str) -> list[str]:
+    """The fenced ```<lang> code blocks of the design's section `letter`, in order, each without its fence
+    and without the indentation of its fence (a block inside a list item is indented).
+
+    >>> design_blocks("D", "haproxy")[0].splitlines()[:2]
+    ['backend be_rabbitmq', '    mode tcp']
+    """
+    blocks = []
+    for m in re.finditer(rf"^([ \t]*)```{lang}\n(.*?)^[ \t]*```$", design_text(letter), re.MULTILINE | re.DOTALL):
+        indent = m.group(1)
+        blocks.append("".join(line.removeprefix(indent) for line in m.group(2).splitlines(keepends=True)))
+    return blocks
+
+
+# design §D: the HAProxy layer must render exactly this block from the production plan
+DESIGN_D_BLOCK = design_blocks("D", "haproxy")[0]
 
 
 def run(args, env=None, cwd=ROOT, timeout=300, input=None) -> subprocess.CompletedProcess:

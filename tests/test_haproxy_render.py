@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import DESIGN_D_BLOCK
+from helpers import DESIGN_D_BLOCK, design_blocks
 from keybuzz.haproxy.settings import render_haproxy_cfg
 from keybuzz.lab import lab
 from keybuzz.servers import load_servers
@@ -74,9 +74,15 @@ def test_frontends_listen_on_0000_for_the_four_ports_and_never_on_the_lb_address
 
 
 def test_be_redis_master_is_exactly_the_design_backend():
+    """§C (tests/fixtures/design/section_C.md): the design's backend, whose server line is the one the design's
+    update script keeps pointing at the master (`server redis-master <IP_MASTER>:6379 check`), here rendered with
+    the master 10.0.0.221 (the design's initial 127.0.0.1:6380 is that line before the script's first run)."""
+    backend, master_line = design_blocks("C", "haproxy")
+    header, *body = backend.splitlines()
+    expected = [line.strip() for line in body[:-1]] + [master_line.strip().replace("<IP_MASTER>", "10.0.0.221")]
     cfg = _production_configs()["haproxy-01"]
-    assert _block(cfg, "backend be_redis_master") == [
-        "mode tcp", "option tcp-check", "server redis-master 10.0.0.221:6379 check"]
+    assert header == "backend be_redis_master" and body[-1].strip().startswith("server redis-master ")
+    assert _block(cfg, header) == expected
     assert _active(cfg).count("server redis-master") == 1
 
 

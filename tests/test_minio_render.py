@@ -14,16 +14,15 @@ import time
 
 import pytest
 
-from helpers import ROOT, run, write_tsv
+from helpers import ROOT, design_blocks, run, write_tsv
 from keybuzz import credentials
 from keybuzz.errors import InputError
 from keybuzz.minio import settings as S
 from keybuzz.render import render
 from keybuzz.servers import load_servers
 
-# design §B, verbatim (the shell line's value, without its quotes)
-DESIGN_MINIO_VOLUMES = ("http://minio-01.keybuzz.io/data http://minio-02.keybuzz.io/data "
-                        "http://minio-03.keybuzz.io/data")
+# design §B (tests/fixtures/design/section_B.md), verbatim: the shell line's value, as the shell reads it
+DESIGN_MINIO_VOLUMES = shlex.split(design_blocks("B", "bash")[0].strip().removeprefix("MINIO_VOLUMES="))[0]
 PRODUCTION = load_servers(ROOT / "servers.tsv")
 NODES = [(s.name, s.ip) for s in PRODUCTION.group("minio")]
 

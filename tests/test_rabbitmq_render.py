@@ -8,12 +8,9 @@ import re
 import subprocess
 
 from helpers import DESIGN_D_BLOCK
-from keybuzz import ROOT
 from keybuzz.haproxy.settings import render_haproxy_cfg
 from keybuzz.render import render
 from keybuzz.servers import load_servers
-
-DESIGN = ROOT.parent / "shared" / "spec" / "design-definitif.md"
 
 
 def _conf(name="queue-02") -> str:
@@ -51,8 +48,8 @@ def test_user_file_holds_the_application_user_and_no_guest():
 
 
 def test_haproxy_be_rabbitmq_is_the_design_block_verbatim():
-    design = DESIGN.read_text() if DESIGN.exists() else DESIGN_D_BLOCK
-    assert DESIGN_D_BLOCK in design.replace("```haproxy\n", "")
+    """Against the design's §D block kept in tests/fixtures/design/section_D.md (tests/test_design_fixtures.py
+    keeps it equal to the design)."""
     plan = load_servers()
     cfg = render_haproxy_cfg("haproxy-01", "10.0.0.11", {"rabbitmq": [(s.name, s.ip) for s in plan.group("rabbitmq")]})
     block = cfg[cfg.index("\nbackend be_rabbitmq") + 1:]

@@ -8,22 +8,14 @@ from fnmatch import fnmatchcase
 import pytest
 import yaml
 
-from helpers import ROOT, tracked_files
+from helpers import ROOT, design_blocks, tracked_files
 from keybuzz.errors import InputError
 from keybuzz.versions import image, load_versions
 
 LATEST = "lat" + "est"  # spelled apart so the repository scan below never matches this file
 
-DESIGN_PINS = {
-    "postgres_image": "postgres:16.4-alpine",
-    "patroni_image": "zalando/patroni:3.3.0",
-    "redis_image": "redis:7.2.5-alpine",
-    "rabbitmq_image": "rabbitmq:3.13.2-management",
-    "minio_image": "minio/minio:RELEASE.2024-10-02T10-00Z",
-    "haproxy_image": "haproxy:2.8.5",
-    "mariadb_galera_image": "bitnami/mariadb-galera:10.11.6",
-    "proxysql_image": "proxysql/proxysql:2.6.4",
-}
+# design §F (tests/fixtures/design/section_F.md), verbatim
+DESIGN_PINS = yaml.safe_load(design_blocks("F", "yaml")[0])
 
 
 def test_design_pins_verbatim_and_everything_else_pinned():
