@@ -70,30 +70,54 @@ def lab_session():
             assert not left, f"lab down left Docker objects behind: {left}"
 
 
+def _module_kind(stem: str) -> str | None:
+    """`containers` for tests/test_<layer>_cluster.py and tests/test_lab_images.py, `lab` for tests/test_*_lab.py
+    (where lab tests live; their pure tests are told apart per test, by the fixtures they use), else None."""
+    if stem.endswith("_cluster") or stem == "test_lab_images":
+        return "containers"
+    return "lab" if stem.endswith("_lab") else None
+
+
 def pytest_collection_modifyitems(items):
     """Markers follow from the test, never from a decorator to remember: `lab` when it uses the lab,
     `containers` when it lives in tests/test_<layer>_cluster.py (a layer's testbed) or uses Docker images
     (the `lab_image` fixture, tests/test_lab_images.py)."""
     for item in items:
-        stem = item.path.stem
         if {"lab", "lab_session"} & set(item.fixturenames):
             item.add_marker(pytest.mark.lab)
-        elif stem.endswith("_cluster") or stem == "test_lab_images" or "lab_image" in item.fixturenames:
+        elif _module_kind(item.path.stem) == "containers" or "lab_image" in item.fixturenames:
             item.add_marker(pytest.mark.containers)
     # `invoke all --lab` takes the lab down and replays everything from no lab at all: after every other test
     items.sort(key=lambda item: item.path.stem == "test_all_lab")
 
 
+def _in_ci() -> bool:
+    return os.environ.get("CI") == "true"
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """In CI (CI=true) a lab or containers test that skips is a failure: a green run must have exercised them.
-    A local run may still skip, with its reason."""
+    Every phase counts: a skip in the test, in a fixture or from a skipif mark (those two are setup skips, shown
+    as errors). A local run may still skip, with its reason. Proof: tests/test_ci_skips.py."""
     outcome = yield
     report = outcome.get_result()
-    if (report.skipped and os.environ.get("CI") == "true"
-            and {m.name for m in item.iter_markers()} & {"lab", "containers"}):
+    if report.skipped and _in_ci() and {m.name for m in item.iter_markers()} & {"lab", "containers"}:
         report.outcome = "failed"
-        report.longrepr = f"skipped in CI, which must run every lab and containers test: {report.longrepr}"
+        report.longrepr = (f"skipped ({report.when}) in CI, which must run every lab and containers test: "
+                           f"{report.longrepr}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """The same in CI for a whole module of lab or containers tests skipped before it has tests
+    (`pytest.skip(..., allow_module_level=True)` at import): an error, never a silent skip."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and _in_ci() and isinstance(collector, pytest.Module) and _module_kind(collector.path.stem):
+        report.outcome = "failed"
+        report.longrepr = (f"{collector.path.name} skipped at collection in CI, which must run every lab and "
+                           f"containers test: {report.longrepr}")
 
 
 @pytest.fixture(scope="session")
