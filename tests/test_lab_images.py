@@ -61,13 +61,11 @@ def output(container: DockerContainer, command: str) -> str:
 
 
 def test_second_build_all_rebuilds_nothing(refs):
+    """Nothing is built again (how long a cached build_all takes is a figure, not a claim: bench/lab_images.py)."""
     lines = []
-    start = time.monotonic()
     again = images.build_all(progress=lines.append)
-    seconds = time.monotonic() - start
     assert again == refs
     assert not [line for line in lines if line.startswith("building")], lines
-    assert seconds < 20, f"a cached build_all took {seconds:.1f}s"
     assert all(ref == images.image_ref(name) for name, ref in refs.items())
     assert all(re.fullmatch(r"keybuzz-lab/[a-z0-9-]+:[0-9a-f]{12}", ref) for ref in refs.values())
 
