@@ -85,6 +85,30 @@ def test_the_order_is_explicit_haproxy_before_the_checks_that_go_through_it_prox
                      "check proxysql", "deploy k3s", "check k3s"]
 
 
+def test_a_run_does_the_plan_s_steps_in_its_order_and_each_checks_diag_failover_perf():
+    """What the run really calls is the plan above, step by step (not only the plan's list)."""
+    world = World()
+    _run(world)
+    expected = [f"deploy {s.layer}" if s.kind == "deploy" else f"{kind} {s.layer}"
+                for s in run_all.plan(ordered()) for kind in (("deploy",) if s.kind == "deploy" else
+                                                               ("diag", "failover", "perf"))]
+    assert world.calls == expected
+
+
+@pytest.mark.parametrize("layer, step", [("base_os", "deploy"), ("db", "deploy"), ("haproxy", "deploy"),
+                                         ("redis", "diag"), ("haproxy", "perf"), ("k3s", "failover")])
+def test_the_first_red_step_is_the_last_step_run(layer, step):
+    """Stop at the first failure, wherever it is: nothing after it runs (deploys and checks alike)."""
+    world = World(fail={(layer, step): "error" if step == "deploy" else "loss"})
+    report, _ = _run(world)
+    failing = f"{step} {layer}"
+    clean = World()
+    _run(clean)
+    once = [c for i, c in enumerate(world.calls) if i == 0 or c != world.calls[i - 1]]  # a red diag is asked again
+    assert once == clean.calls[:clean.calls.index(failing) + 1]
+    assert report.status == "red" and report.stopped["layer"] == layer
+
+
 def test_a_green_run_deploys_and_checks_every_layer_and_reports_figures(tmp_path):
     world = World()
     report, lines = _run(world)

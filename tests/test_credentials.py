@@ -59,6 +59,18 @@ def test_world_readable_file_is_refused_with_the_fix(creds_dir):
                               f"fix: chown root:root {path} && chmod 600 {path}")
 
 
+@pytest.mark.parametrize("uid, gid", [(1000, 0), (0, 1000)])
+def test_a_file_not_owned_by_root_is_refused_even_mode_0600(creds_dir, uid, gid):
+    """README/§H.1: root:root 0600. Mode 0600 alone is not enough: whoever owns the file can read and rewrite it."""
+    credentials.init(bricks=["redis"])
+    path = creds_dir / "redis.env"
+    os.chown(path, uid, gid)  # the tests run as root (init makes root:root files)
+    with pytest.raises(InputError) as err:
+        credentials.load("redis")
+    assert str(err.value) == (f"{path}: must be root:root mode 0600 (is {uid}:{gid} mode 0600); "
+                              f"fix: chown root:root {path} && chmod 600 {path}")
+
+
 def test_missing_variable_and_missing_file_are_named(creds_dir):
     credentials.init(bricks=["minio"])
     path = creds_dir / "minio.env"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import socket
+import sys
+
+import pytest
 
 from helpers import ROOT, run, write_tsv
 from keybuzz.layers import LAYERS
@@ -77,3 +80,38 @@ def test_versions_check_refuses_bad_pins_before_asking_anything(tmp_path):
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith(f"keybuzz: {override}:1: redis_image 'redis:alpine'")
     assert "->" not in result.stdout
+
+
+# `--lab` runs the real invoke program with the lab's directory moved to a scratch one (keybuzz.lab.lab.LAB_DIR): the
+# lab in .lab/ may be up and in use; nothing here may reach it, nor production (every servers file is refused).
+_INVOKE_WITH_LAB_DIR = """
+import pathlib, sys
+from keybuzz.lab import lab
+lab.LAB_DIR = pathlib.Path(sys.argv[1])
+from invoke.main import program
+program.run(["invoke", *sys.argv[2:]])
+"""
+
+
+@pytest.mark.parametrize("command", [["layer", "--name", "base_os"], ["check", "--name", "redis"]])
+def test_lab_flag_points_layer_and_check_at_the_labs_files(tmp_path, command):
+    """README: `invoke layer --name redis --lab`, `invoke check --name rabbitmq --lab` target the lab. Proof
+    without contacting anything: both a production servers file (KEYBUZZ_SERVERS) and the lab's are refused, and
+    the refusal names the lab's with --lab, the other without."""
+    lab_dir = tmp_path / "lab"
+    lab_dir.mkdir()
+    lab_tsv = write_tsv(lab_dir / "servers.tsv", [("redis-01", "10.0.0.10", "redis")])
+    prod_tsv = write_tsv(tmp_path / "servers.tsv", [("redis-01", "10.0.0.10", "redis")])
+    home = tmp_path / "home"  # should a connection be attempted anyway, ssh runs /bin/false instead
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text("Host *\n    ProxyCommand /bin/false\n")
+    env = {"KEYBUZZ_SERVERS": str(prod_tsv), "HOME": str(home)}
+    outcomes = {}
+    for flags in ([], ["--lab"]):
+        result = run([sys.executable, "-c", _INVOKE_WITH_LAB_DIR, str(lab_dir), *command, *flags], env=env)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert "Connecting" not in result.stdout + result.stderr
+        outcomes[bool(flags)] = result.stderr.strip().splitlines()[-1]
+    assert outcomes[False].startswith(f"keybuzz: {prod_tsv}:2: "), outcomes
+    assert outcomes[True].startswith(f"keybuzz: {lab_tsv}:2: "), outcomes
+    assert "172.30.0.0/24" in outcomes[True]  # the lab's private network (KEYBUZZ_PRIVATE_NETWORK) too
