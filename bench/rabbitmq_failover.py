@@ -38,7 +38,7 @@ def one_kill(tb: Testbed, run: int, placement: str, redeclare: bool = True) -> d
     queue = f"kb.bench.failover.{placement}.{run}"
     endpoint = tb.lb_endpoint()
     tb.wait_healthy()  # the previous victim is back in the cluster AND in HAProxy's rotation
-    ConfirmedPublisher(endpoint, queue).run(count=1, seconds=30)
+    ConfirmedPublisher(endpoint, queue).run(count=1, seconds=30, ids_from=1_000_000)  # out of the measured ids
     victim = tb.leader_index(queue)
     target = victim if placement == "same" else (victim + 1) % len(NAMES)
     consumer = Consumer(endpoint, queue).start()

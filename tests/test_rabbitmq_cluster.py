@@ -2,8 +2,9 @@
 project's rendered rabbitmq templates, set up by the deploy's own node script, HAProxy from
 templates/haproxy/haproxy.cfg.j2 (keybuzz/rabbitmq/testbed.py).
 
-Tests share one testbed (module fixture) and each leaves it healthy (3 running members). About 2-3
-minutes on 2 cores.
+Tests share one testbed (module fixture); each starts by bringing it back to healthy (3 running
+members, HAProxy on all 3, the deploy's setup with nothing left to do: the `healthy` fixture) and depends
+on no other test (`-k` and reruns work). About 3-4 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -26,8 +27,12 @@ from keybuzz.rabbitmq.client import (  # noqa: E402
 )
 from keybuzz.rabbitmq.testbed import NAMES, USER, Testbed, wait_for  # noqa: E402
 
-# Issue 5 target: publish gap through the load balancer when the leader's node dies.
-GAP_TARGET_S = 10.0
+# A safety bound, not the target: the issue 5 target (gap <= 10 s) is measured by bench/rabbitmq_failover.py
+# (figures in the README). Here only a client that never resumes in a reasonable time is a failure.
+GAP_BOUND_S = 30.0
+# Ids of the message that only creates a queue (and gives it a leader) before a test's real publisher:
+# out of the publishers' ranges, so a consumer can never count it as one of theirs.
+SEED_IDS = 1_000_000
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +50,34 @@ def _heal(tb: Testbed) -> None:
     tb.wait_healthy()
 
 
+@pytest.fixture
+def healthy(tb):
+    """The state every test starts from, whatever ran (or failed) before it."""
+    _heal(tb)
+    if tb.script(0, "setup-needed").stdout.strip():
+        tb.setup()
+    return tb
+
+
+def _seed(tb: Testbed, queue: str) -> None:
+    """Create `queue` with one message whose id is out of every test publisher's range."""
+    seeded = ConfirmedPublisher(tb.lb_endpoint(), queue).run(count=1, seconds=30, ids_from=SEED_IDS)
+    assert seeded.confirmed == [SEED_IDS]
+
+
+def _caught_up(tb: Testbed, queue: str, i: int, index: int) -> dict | None:
+    """Node i's own row of the queue's Raft status (asked on node i) once it has applied the log up to
+    `index`; None before."""
+    row = tb.quorum_status(queue, i).get(f"rabbit@{NAMES[i]}")
+    return row if row and row["applied"] >= index else None
+
+
 def _queue_info(tb: Testbed, queue: str) -> dict:
     return wait_for(lambda: next(api.queue(queue) for api in tb.apis()), 30, what=f"queue {queue} visible")
 
 
-def test_three_nodes_form_one_cluster_from_the_inventory_peers(tb):
+def test_three_nodes_form_one_cluster_from_the_inventory_peers(healthy):
+    tb = healthy
     members = tb.wait_cluster(3)
     assert members == [f"rabbit@{n}" for n in NAMES]
     # every node sees the same 3 members: one cluster, not three
@@ -59,7 +87,8 @@ def test_three_nodes_form_one_cluster_from_the_inventory_peers(tb):
     assert "pause_minority" in status.stdout
 
 
-def test_management_and_amqp_listen_on_the_private_address_only(tb):
+def test_management_and_amqp_listen_on_the_private_address_only(healthy):
+    tb = healthy
     listeners = tb.ctl(0, "rabbitmq-diagnostics", "-q", "listeners").stdout
     amqp = [line for line in listeners.splitlines() if "amqp" in line and "5672" in line]
     http = [line for line in listeners.splitlines() if "15672" in line]
@@ -68,7 +97,8 @@ def test_management_and_amqp_listen_on_the_private_address_only(tb):
         assert tb.node_ip(0) in line, line  # not 0.0.0.0 / ::
 
 
-def test_application_user_exists_and_no_guest(tb):
+def test_application_user_exists_and_no_guest(healthy):
+    tb = healthy
     users = tb.ctl(0, "rabbitmqctl", "-q", "list_users", "--no-table-headers").stdout
     names = [line.split("\t")[0] for line in users.splitlines() if line.strip()]
     assert names == [USER]
@@ -76,7 +106,8 @@ def test_application_user_exists_and_no_guest(tb):
         connect(type(tb.lb_endpoint())(tb.node_ip(0), 5672, "guest", "guest"))
 
 
-def test_setup_reports_nothing_then_repairs_drift(tb):
+def test_setup_reports_nothing_then_repairs_drift(healthy):
+    tb = healthy
     # healthy: nothing to do (what makes a second deploy run report no change)
     again = tb.script(0, "setup-needed")
     assert again.returncode == 0 and again.stdout.strip() == "", again.stdout + again.stderr
@@ -93,7 +124,8 @@ def test_setup_reports_nothing_then_repairs_drift(tb):
     connect(tb.lb_endpoint()).close()  # the password of rabbitmq.env works again
 
 
-def test_queue_declared_without_a_type_is_a_quorum_queue_on_three_nodes(tb):
+def test_queue_declared_without_a_type_is_a_quorum_queue_on_three_nodes(healthy):
+    tb = healthy
     queue = "kb.test.default-type"
     ConfirmedPublisher(tb.lb_endpoint(), queue).run(count=5, seconds=30)
     info = _queue_info(tb, queue)
@@ -102,7 +134,8 @@ def test_queue_declared_without_a_type_is_a_quorum_queue_on_three_nodes(tb):
     delete_queue(tb.lb_endpoint(), queue)
 
 
-def test_no_secret_in_container_env_command_lines_or_logs(tb):
+def test_no_secret_in_container_env_command_lines_or_logs(healthy):
+    tb = healthy
     for name in NAMES:
         wrapped = tb.docker(name)
         wrapped.reload()
@@ -114,12 +147,13 @@ def test_no_secret_in_container_env_command_lines_or_logs(tb):
         assert tb.password not in logs and tb.cookie not in logs
 
 
-def test_kill_the_leader_mid_stream_no_confirmed_message_lost(tb):
+def test_kill_the_leader_mid_stream_no_confirmed_message_lost(healthy):
     """Publisher with confirms + consumer through HAProxy; SIGKILL of the queue leader's node, which
     also holds the publisher's connection (the worst case: the client must reconnect)."""
+    tb = healthy
     queue = "kb.test.failover"
     endpoint = tb.lb_endpoint()
-    ConfirmedPublisher(endpoint, queue).run(count=1, seconds=30)  # the queue exists, it has a leader
+    _seed(tb, queue)  # the queue exists, it has a leader
     victim = tb.leader_index(queue)
     tb.wait_healthy()
     consumer = Consumer(endpoint, queue).start()
@@ -142,11 +176,15 @@ def test_kill_the_leader_mid_stream_no_confirmed_message_lost(tb):
         assert new_leader != victim
         tb.revive(victim)
         tb.wait_cluster(3, 180)
-        time.sleep(1)  # a few confirms with the node back
+        at_rejoin = len(publisher.result.confirmed)
+        wait_for(lambda: len(publisher.result.confirmed) >= at_rejoin + 100, 60, 0.1,
+                 "100 confirms with the node back")
     finally:
         stop.set()
         worker.join(30)
     result = publisher.result
+    # something was confirmed on both sides of the kill (else "0 lost" would hold by construction)
+    assert confirmed_at_kill >= 300 and len(result.confirmed) - confirmed_at_kill >= 300
     missing = consumer.wait_for(result.confirmed, seconds=60)
     consumer.stop()
     print(f"\nfailover: victim {NAMES[victim]}, confirmed {len(result.confirmed)}, max gap {result.max_gap:.2f}s, "
@@ -154,41 +192,74 @@ def test_kill_the_leader_mid_stream_no_confirmed_message_lost(tb):
           f"{consumer.deliveries - len(consumer.received)}, missing {len(missing)}\n  errors: {result.errors[:5]}")
     assert result.reconnects >= 1  # its connection died with the node: it reconnected and went on
     assert not missing, f"{len(missing)} confirmed messages never consumed, e.g. {sorted(missing)[:10]}"
-    assert result.max_gap <= GAP_TARGET_S, f"publish gap {result.max_gap:.2f}s > {GAP_TARGET_S}s"
+    assert result.max_gap <= GAP_BOUND_S, f"publish gap {result.max_gap:.2f}s > {GAP_BOUND_S}s"
     # the revived node is a member of the queue again
     info = wait_for(lambda: (lambda q: q if len(q.get("online", [])) == 3 else None)(_queue_info(tb, queue)),
                     60, what="3 online queue members")
     assert sorted(info["online"]) == [f"rabbit@{n}" for n in NAMES]
     delete_queue(endpoint, queue)
-    _heal(tb)
 
 
-def test_a_lost_node_rejoins_by_itself(tb):
-    """A node down long enough to miss messages comes back and catches up with no manual step."""
+def _commit_index(tb: Testbed, queue: str) -> int:
+    """The queue's commit index: the highest one of its members, as queue-01 (never killed here) reports them."""
+    return wait_for(lambda: max((r["commit"] or 0 for r in tb.quorum_status(queue, 0).values()), default=0),
+                    30, 0.5, f"{queue}'s commit index")
+
+
+def _all_consumed(tb: Testbed, queue: str, ids: set[int]) -> Consumer:
+    """Drain `queue`; fail unless every id of `ids` came out (duplicates allowed) and nothing else."""
+    consumer = Consumer(tb.lb_endpoint(), queue).start()
+    try:
+        missing = consumer.wait_for(ids, seconds=60)
+    finally:
+        consumer.stop()
+    assert not missing, f"{len(missing)} confirmed messages never consumed, e.g. {sorted(missing)[:10]}"
+    assert consumer.received == ids, f"unexpected ids {sorted(consumer.received - ids)[:10]}"
+    return consumer
+
+
+def test_a_lost_node_rejoins_by_itself(healthy):
+    """A node down long enough to miss messages comes back and catches up with no manual step: its own
+    copy of the queue's log (Raft status asked on that node) reaches what was committed without it."""
+    tb = healthy
     queue = "kb.test.rejoin"
     endpoint = tb.lb_endpoint()
-    ConfirmedPublisher(endpoint, queue).run(count=10, seconds=30)
+    first = ConfirmedPublisher(endpoint, queue).run(count=10, seconds=30)
+    assert len(first.confirmed) == 10
+    before = wait_for(lambda: _caught_up(tb, queue, 2, _commit_index(tb, queue)), 30, 0.5,
+                      "queue-03 in step before the kill")["applied"]
     tb.kill(2)
     wait_for(lambda: len(running_members(tb.apis()[0])) == 2, 60, what="2 running members")
-    result = ConfirmedPublisher(endpoint, queue).run(count=100, seconds=60)
-    assert len(result.confirmed) == 100  # 2 of 3 members: quorum kept, writes accepted
+    missed = ConfirmedPublisher(endpoint, queue).run(count=100, seconds=60, ids_from=10)
+    assert len(missed.confirmed) == 100  # 2 of 3 members: quorum kept, writes accepted
+    committed = _commit_index(tb, queue)
+    assert committed >= before + 100, (before, committed)  # queue-03 has 100 entries to catch up on
     tb.revive(2)
     assert tb.wait_cluster(3, 180) == [f"rabbit@{n}" for n in NAMES]
+    row = wait_for(lambda: _caught_up(tb, queue, 2, committed), 60, 1, "queue-03 applied what it missed")
+    print(f"\nqueue-03: applied {before} before the kill, {row['applied']} after rejoining (committed {committed})")
+    assert row["membership"] == "voter"
     info = wait_for(lambda: (lambda q: q if len(q.get("online", [])) == 3 else None)(_queue_info(tb, queue)),
                     60, what="3 online queue members")
     assert NAMES[2] in " ".join(info["online"])
+    _all_consumed(tb, queue, set(first.confirmed) | set(missed.confirmed))
     delete_queue(endpoint, queue)
-    _heal(tb)
 
 
-def test_a_node_that_lost_its_data_is_taken_back_by_the_node_script(tb):
+def test_a_node_that_lost_its_data_is_taken_back_by_the_node_script(healthy):
     """Disk replaced: the node boots blank and alone; `keybuzz-rabbitmq ready` (run by the deploy's
-    start) makes the cluster forget the old incarnation, joins it, and regrows the quorum queues."""
+    start) makes the cluster forget the old incarnation, joins it, and regrows the quorum queues: the new
+    member's copy of the log (Raft status asked on that node) reaches everything committed before."""
+    tb = healthy
     queue = "kb.test.blank"
     endpoint = tb.lb_endpoint()
-    ConfirmedPublisher(endpoint, queue).run(count=10, seconds=30)
+    first = ConfirmedPublisher(endpoint, queue).run(count=10, seconds=30)
+    assert len(first.confirmed) == 10
     tb.kill(2)
     wait_for(lambda: len(running_members(tb.apis()[0])) == 2, 60, what="2 running members")
+    missed = ConfirmedPublisher(endpoint, queue).run(count=50, seconds=60, ids_from=10)
+    assert len(missed.confirmed) == 50
+    committed = _commit_index(tb, queue)
     data = tb.dir / NAMES[2] / "data"
     for path in data.iterdir():  # everything but the cookie (the deploy writes it back anyway)
         if path.name != ".erlang.cookie":
@@ -203,12 +274,16 @@ def test_a_node_that_lost_its_data_is_taken_back_by_the_node_script(tb):
     info = wait_for(lambda: (lambda q: q if len(q.get("online", [])) == 3 else None)(_queue_info(tb, queue)),
                     60, what="3 online queue members")
     assert f"rabbit@{NAMES[2]}" in info["members"]
+    row = wait_for(lambda: _caught_up(tb, queue, 2, committed), 60, 1, "the new queue-03 member has the log")
+    print(f"\nblank queue-03: applied {row['applied']} (committed before it came back: {committed})")
+    _all_consumed(tb, queue, set(first.confirmed) | set(missed.confirmed))
     delete_queue(endpoint, queue)
-    _heal(tb)
 
-def test_diag_and_perf_checks_against_the_testbed(tb, tmp_path, monkeypatch):
+
+def test_diag_and_perf_checks_against_the_testbed(healthy, tmp_path, monkeypatch):
     """keybuzz.rabbitmq.check (what `invoke check --name rabbitmq [--perf]` runs) on this cluster,
     through its HAProxy, and nothing secret in what they print."""
+    tb = healthy
     from keybuzz.checks import Target
     from keybuzz.rabbitmq import check as checks
     from keybuzz.servers import load_servers

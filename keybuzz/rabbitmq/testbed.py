@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -192,6 +193,24 @@ class Testbed(ContainerTestbed):
         if leader is None:
             raise TimeoutError(f"no leader known for {queue}")
         return NAMES.index(leader.split("@", 1)[1])
+
+    def quorum_status(self, queue: str, i: int) -> dict[str, dict]:
+        """The quorum queue's Raft members as node i reports them (`rabbitmq-queues quorum_status`):
+        {"rabbit@queue-01": {"state": "leader", "membership": "voter", "last": 14, "commit": 14,
+        "applied": 14, "term": 1}, ...}; {} when node i cannot answer. A member that is down has None
+        numbers (its state is then e.g. ["nodedown", "rabbit@queue-03"])."""
+        out = self.ctl(i, "rabbitmq-queues", "-q", "quorum_status", queue, "--formatter", "json")
+        if out.returncode != 0:
+            return {}
+
+        def number(value):
+            return value if isinstance(value, int) else None
+
+        return {row["Node Name"]: {"state": row.get("Raft State"), "membership": row.get("Membership"),
+                                   "last": number(row.get("Last Log Index")),
+                                   "commit": number(row.get("Commit Index")),
+                                   "applied": number(row.get("Last Applied")), "term": number(row.get("Term"))}
+                for row in json.loads(out.stdout)}
 
     def haproxy_up(self) -> list[str]:
         """Servers of be_rabbitmq that HAProxy's own checks say are UP (stats socket, `show stat`)."""
