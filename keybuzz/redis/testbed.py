@@ -6,6 +6,17 @@ HAProxy container.
 Used by tests/test_redis_cluster.py and bench/redis_failover.py. Traffic goes only to the
 containers it creates (addresses in its own 192.168.x.0/24 bridge).
 
+Deliberate stand-ins (everything else is the real part, from the project's own files):
+
+* the systemd units: redis-master-watch.sh runs under `setsid nohup` and redis-update-master.timer is a bash
+  loop (`while true; sleep timer_s; redis-update-master.sh`), both inside the HAProxy container
+  (start_followers); `systemctl reload haproxy` is `kill -USR2 1` (HAProxy's master process is PID 1 of the
+  container: the same signal ExecReload sends), keybuzz-haproxy-check is `haproxy -c -q -f`;
+* be_rabbitmq's server (queue-01, port 5672) is a Redis server listening on 5672: HAProxy only proxies TCP
+  there, and the tests only need a session of another backend that a reload must keep; no RabbitMQ runs;
+* the Redis start gate (keybuzz-redis-start-gate) runs on this machine, not inside a host, and asks the
+  Sentinels from a throw-away container of the Redis image (start_gate).
+
 Example::
 
     with Testbed(down_after_ms=2000) as tb:
@@ -154,7 +165,9 @@ class Testbed(ContainerTestbed):
         for i, name in enumerate(NAMES):
             self._run(f"sentinel-{i + 1}", redis_image, "redis-server /sentinel/sentinel.conf --sentinel",
                       self.sentinel_ip(i), {str(self.dir / name / "sentinel"): "/sentinel"}, user="999:1000")
-        # stand-in for a RabbitMQ node behind be_rabbitmq: any TCP service holding a session will do
+        # a deliberate stand-in for the RabbitMQ node behind be_rabbitmq (HAProxy's :5672): a Redis server on
+        # 5672 (HAProxy proxies TCP there; test_reload_keeps_established_sessions_of_other_backends only needs
+        # a session of a backend other than Redis's). Not a RabbitMQ: no AMQP is tested here
         self._run("queue-1", redis_image, "redis-server --port 5672 --protected-mode no", self.ip(41), {},
                   user="999:1000")
         self._start_haproxy(haproxy_image)
@@ -251,8 +264,12 @@ class Testbed(ContainerTestbed):
         self.docker(f"redis-{i + 1}").unpause()
 
     # ------------------------------------------------------------ the scripts
-    def start_followers(self) -> None:
-        """Start what production runs under systemd: the watcher and the timer loop, inside haproxy."""
+    def start_followers(self, timeout: float = 30) -> None:
+        """Start what production runs under systemd, inside haproxy: the watcher (redis-master-watch.sh, under
+        setsid nohup instead of redis-master-watch.service) and, instead of redis-update-master.timer, a bash
+        loop running redis-update-master.sh every timer_s s. With the watcher, returns once every Sentinel
+        lists its subscription (watcher_subscriptions), so that a failover right after this call is announced
+        to it."""
         env = "REDIS_UPDATE_MASTER=/usr/local/keybuzz-bin/redis-update-master.sh"
         if self.watch:
             self.exec("haproxy", f"{env} setsid nohup /usr/local/keybuzz-bin/redis-master-watch.sh "
@@ -260,6 +277,37 @@ class Testbed(ContainerTestbed):
         if self.timer_s:
             self.exec("haproxy", f"setsid nohup bash -c 'while true; do sleep {self.timer_s}; "
                                  "/usr/local/keybuzz-bin/redis-update-master.sh; done' >>/tmp/timer.log 2>&1 &")
+        if self.watch:
+            self.wait_watcher_subscribed(timeout)
+
+    def watcher_subscriptions(self) -> list[int]:
+        """Per Sentinel, how many of its clients are the watcher's subscriptions: connections from the HAProxy
+        container, logged in as the HAProxy hosts' user, in SUBSCRIBE (Sentinel's own CLIENT LIST: `sub` is
+        the client's channel count, `cmd` its last command); -1 for a Sentinel that does not answer. That user
+        may subscribe to +switch-master and no other channel (its Sentinel ACL: `resetchannels &+switch-master`),
+        so such a subscription is the one redis-master-watch.sh holds. (Sentinel has no PUBSUB NUMSUB.)"""
+        counts = []
+        for ip in self.sentinel_ips:
+            try:
+                listing = self.redis_client(ip, 26379).execute_command("CLIENT", "LIST")
+            except (redis.RedisError, OSError):
+                counts.append(-1)
+                continue
+            if isinstance(listing, bytes):
+                listing = listing.decode()
+            n = 0
+            for line in listing.splitlines():
+                f = dict(w.split("=", 1) for w in line.split() if "=" in w)
+                if (f.get("addr", "").startswith(f"{self.haproxy_ip}:") and f.get("user") == self.logins["haproxy"].user
+                        and f.get("sub", "0") != "0" and f.get("cmd") == "subscribe"):
+                    n += 1
+            counts.append(n)
+        return counts
+
+    def wait_watcher_subscribed(self, timeout: float = 30) -> None:
+        """Bounded wait until every Sentinel has at least one subscription of the watcher."""
+        self.wait_for(lambda: min(self.watcher_subscriptions()) >= 1, timeout, 0.1,
+                      "the watcher subscribed to +switch-master on every Sentinel")
 
     def update(self, conf_overrides: dict[str, str] | None = None, env: dict[str, str] | None = None,
                timeout: float = 60) -> tuple[int, str]:
