@@ -2,19 +2,21 @@
 secret at -vvv, diag green, a second run changes nothing and restarts nothing, a changed config is
 rolled one node at a time under load, the leader's host dies mid-stream (no confirmed message lost,
 the publisher resumes through the load-balancer stand-in of lab/lab.yaml), the host comes back and its
-node rejoins by itself, the failover and perf checks pass.
+node rejoins by itself and catches up, a node that lost its data is taken back by the deploy, the failover and
+perf checks pass.
 
-Order matters (one lab per session): the tests run top to bottom and each leaves the cluster healthy.
+The layers are deployed once for the module (`deployed`); every test that needs the whole cluster waits for it
+first (`healthy`), so each runs alone (`-k`) or again.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
 import pytest
 
-from helpers import docker_time
 from keybuzz import credentials
 from keybuzz.lab import lab as lab_module
 from keybuzz.rabbitmq.client import (
@@ -22,6 +24,8 @@ from keybuzz.rabbitmq.client import (
     Consumer,
     Endpoint,
     Management,
+    connect,
+    declare,
     delete_queue,
     leader_of,
     wait_members,
@@ -30,7 +34,8 @@ from keybuzz.waiting import wait_for
 
 QUEUE_HOSTS = {h.name: h.ip for h in lab_module.TOPOLOGY if h.role == "rabbitmq"}
 LB = lab_module.LB_IP
-GAP_TARGET_S = 10.0
+# a bound for a hung failover, not the target: the publish-gap figures are measured by bench/rabbitmq_failover.py
+GAP_SAFETY_S = 30.0
 CONF = "/opt/keybuzz/rabbitmq/conf/rabbitmq.conf"
 
 
@@ -58,6 +63,38 @@ def _started_at(lab, name: str) -> str:
     return lab.exec(name, "docker inspect -f '{{.State.StartedAt}}' rabbitmq").stdout.strip()
 
 
+def _quorum_status(lab, queue: str) -> list[dict]:
+    """`rabbitmq-queues quorum_status` of `queue` (asked on the first node that answers): one row per member with
+    its Raft state and log indexes."""
+    for host in QUEUE_HOSTS:
+        out = lab.exec(host, "docker exec -u 999 -e HOME=/var/lib/rabbitmq rabbitmq rabbitmq-queues -q "
+                             f"quorum_status {queue} --formatter json", timeout=60)
+        if out.returncode == 0:
+            return json.loads(out.stdout)
+    raise AssertionError(f"no node answers quorum_status {queue}")
+
+
+def _caught_up(lab, queue: str, seconds: float = 90) -> list[dict]:
+    """Wait until the 3 members of `queue` (no publisher running) have applied the leader's whole log: every
+    member leader or follower, the same `Last Applied` = the leader's `Commit Index`; return the rows."""
+    def caught_up():
+        rows = _quorum_status(lab, queue)
+        leader = [r for r in rows if r["Raft State"] == "leader"]
+        ok = (len(rows) == 3 and len(leader) == 1 and all(r["Raft State"] in ("leader", "follower") for r in rows)
+              and {r["Last Applied"] for r in rows} == {leader[0]["Commit Index"]})
+        return rows if ok else None
+    return wait_for(caught_up, seconds, 2, what=f"the 3 members of {queue} applying the leader's whole log")
+
+
+def _declare(queue: str) -> None:
+    """Declare `queue` (quorum) without publishing: it has a leader and members, and no message yet."""
+    connection = connect(_lb())
+    try:
+        declare(connection.channel(), queue)
+    finally:
+        connection.close()
+
+
 def _check(lab, kind: str):
     from keybuzz.checks import Target
     from keybuzz.rabbitmq import check as checks
@@ -81,6 +118,12 @@ def deployed(lab):
         haproxy = lab.deploy("haproxy")
         assert haproxy.ok, f"layer haproxy failed:\n{haproxy.output[-4000:]}"
     return rabbit
+
+
+@pytest.fixture
+def healthy(lab, deployed):
+    """The three nodes running in one cluster: what a restart or a kill starts from."""
+    assert _members(240) == [f"rabbit@{n}" for n in QUEUE_HOSTS]
 
 
 def test_first_deploy_prints_no_secret_at_vvv(lab, deployed):
@@ -140,37 +183,72 @@ def _finish(publisher, consumer, stop, worker, queue: str):
     return publisher.result, missing
 
 
-def test_changed_config_is_rolled_one_node_at_a_time_without_loss(lab, deployed):
-    """Drift on every node's rabbitmq.conf: the deploy rewrites it and restarts the nodes one by one,
-    each only when the cluster can spare it; a stream through the LB loses nothing."""
+def _watch_cluster(queue: str, stop, seconds: float = 900) -> list[dict[str, str]]:
+    """Every 0.25 s until `stop` (at most `seconds`), as seen by the first management API that answers: each
+    node "down" (not running) or "up", and "online" when it is also an online member of `queue`."""
+    apis, polls, deadline = _apis(), [], time.monotonic() + seconds
+    for api in apis:
+        api.timeout = 1
+    while not stop.is_set() and time.monotonic() < deadline:
+        for api in apis:
+            try:
+                running = {n["name"] for n in api.nodes() if n.get("running")}
+                online = set(api.queue(queue).get("online", []))
+            except Exception:  # noqa: BLE001 - this node's API is down (restarting): ask the next one
+                continue
+            polls.append({f"rabbit@{n}": ("online" if f"rabbit@{n}" in online else "up")
+                          if f"rabbit@{n}" in running else "down" for n in QUEUE_HOSTS})
+            break
+        stop.wait(0.25)
+    return polls
+
+
+def test_changed_config_is_rolled_one_node_at_a_time_without_loss(lab, healthy):
+    """Drift on every node's rabbitmq.conf: the deploy rewrites it and restarts the nodes one by one, each only
+    when the cluster can spare it; a stream through the LB loses nothing. Watched from outside while the deploy
+    runs (every 0.25 s): never two nodes down, and a node goes down only while both others are running and online
+    members of the stream's quorum queue (start times alone would also fit a serial restart without waits)."""
     for name in QUEUE_HOSTS:
         lab.exec(name, f"echo '# drift' >> {CONF}")
     before = {n: _started_at(lab, n) for n in QUEUE_HOSTS}
     queue = "kb.lab.rolling"
     publisher, consumer, stop, worker = _stream(queue, "kb-lab-rolling")
+    watch_stop, polls = threading.Event(), []
     try:
         _until(lambda: len(publisher.result.confirmed) >= 100, 30, "100 confirms")
-        with lab.lab_environ():
-            rolled = lab.deploy("rabbitmq")
+        watcher = threading.Thread(target=lambda: polls.extend(_watch_cluster(queue, watch_stop)), daemon=True)
+        watcher.start()
+        try:
+            with lab.lab_environ():
+                rolled = lab.deploy("rabbitmq")
+        finally:
+            watch_stop.set()
+            watcher.join(timeout=30)
         assert rolled.ok, rolled.output[-4000:]
         after = {n: _started_at(lab, n) for n in QUEUE_HOSTS}
         assert all(after[n] != before[n] for n in QUEUE_HOSTS), (before, after)
-        # one at a time: each node started after the previous one had rejoined (start times apart)
-        starts = sorted(docker_time(t) for t in after.values())
-        assert starts[1] - starts[0] >= 3 and starts[2] - starts[1] >= 3, after  # a burst would be < 1 s apart
         at = len(publisher.result.confirmed)
         _until(lambda: len(publisher.result.confirmed) >= at + 100, 60, "confirms after the rolling restart")
     finally:
         result, missing = _finish(publisher, consumer, stop, worker, queue)
-    assert result.confirmed and not missing, f"{len(missing)} of {len(result.confirmed)} confirmed messages lost"
+    assert len(polls) > 20, "the watcher hardly polled"
+    seen_down = {n for poll in polls for n, state in poll.items() if state == "down"}
+    assert seen_down == {f"rabbit@{n}" for n in QUEUE_HOSTS}, f"restarts the watcher saw: {sorted(seen_down)}"
+    assert max(list(poll.values()).count("down") for poll in polls) == 1, "two nodes down at the same time"
+    for previous, poll in zip(polls, polls[1:], strict=False):
+        for node in [n for n, state in poll.items() if state == "down" and previous[n] != "down"]:
+            others = {o: previous[o] for o in previous if o != node}
+            assert set(others.values()) == {"online"}, f"{node} went down while {others}"
+    assert len(result.confirmed) >= 200 and not missing, \
+        f"{len(missing)} of {len(result.confirmed)} confirmed messages lost"
     assert _members() == [f"rabbit@{n}" for n in QUEUE_HOSTS]
     print(f"\nrolling restart: confirmed {len(result.confirmed)}, max gap {result.max_gap:.2f}s, "
-          f"reconnects {result.reconnects}")
+          f"reconnects {result.reconnects}, {len(polls)} polls")
 
 
-def test_leader_host_dies_mid_stream_no_loss_and_it_rejoins(lab, deployed):
+def test_leader_host_dies_mid_stream_no_loss_and_it_rejoins_caught_up(lab, healthy):
     queue = "kb.lab.failover"
-    ConfirmedPublisher(_lb(), queue).run(count=1, seconds=30)
+    _declare(queue)
     leader = leader_of(_apis(), queue)
     assert leader
     victim = leader.split("@", 1)[1]
@@ -183,25 +261,57 @@ def test_leader_host_dies_mid_stream_no_loss_and_it_rejoins(lab, deployed):
         lab.start_host(victim)
         # the host boots, systemd starts rabbitmq.service, the node rejoins: no manual step
         assert _members(240) == [f"rabbit@{n}" for n in QUEUE_HOSTS]
+        stop.set()
+        worker.join(30)
+        # what was written while it was away reached it too: its member applied the leader's whole log
+        rows = _caught_up(lab, queue)
+        assert f"rabbit@{victim}" in [r["Node Name"] for r in rows]
     finally:
         result, missing = _finish(publisher, consumer, stop, worker, queue)
     print(f"\nlab failover ({victim} stopped): confirmed {len(result.confirmed)}, max gap {result.max_gap:.2f}s, "
           f"reconnects {result.reconnects}, missing {len(missing)}")
-    assert not missing
-    assert result.max_gap <= GAP_TARGET_S
+    assert len(result.confirmed) >= 600 and not missing
+    assert result.max_gap <= GAP_SAFETY_S
     with lab.lab_environ():
         again = lab.deploy("rabbitmq")
     assert again.ok and again.changes == 0, again.output[-4000:]
 
 
-def test_failover_check_passes(lab, deployed):
+def test_a_node_that_lost_its_data_is_taken_back_by_the_deploy_and_catches_up(lab, healthy):
+    """Disk replaced on queue-03: its node stops, its data directory is emptied; `invoke layer --name rabbitmq` (the
+    deploy alone, no hand step) writes the cookie back, starts the node, which boots blank and alone, and the node
+    script takes it back into the cluster (forget, reset, join, quorum queues regrown). Messages confirmed while it
+    was gone are on its member too (same applied index as the leader)."""
+    victim = list(QUEUE_HOSTS)[-1]
+    queue = "kb.lab.blank"
+    _declare(queue)
+    lab.exec(victim, "systemctl stop rabbitmq && find /opt/keybuzz/rabbitmq/data -mindepth 1 -delete")
+    assert lab.exec(victim, "ls -A /opt/keybuzz/rabbitmq/data").stdout.strip() == ""
+    confirmed = ConfirmedPublisher(_lb(), queue).run(count=200, seconds=60).confirmed
+    assert len(confirmed) == 200  # two of three members: the quorum queue keeps accepting
+    with lab.lab_environ():
+        result = lab.deploy("rabbitmq")
+    assert result.ok, result.output[-4000:]
+    assert _members(120) == [f"rabbit@{n}" for n in QUEUE_HOSTS]
+    rows = _caught_up(lab, queue)
+    assert f"rabbit@{victim}" in [r["Node Name"] for r in rows]
+    consumer = Consumer(_lb(), queue).start()
+    try:
+        missing = consumer.wait_for(confirmed, seconds=60)
+    finally:
+        consumer.stop()
+        delete_queue(_lb(), queue)
+    assert not missing, f"{len(missing)} of 200 confirmed messages missing"
+
+
+def test_failover_check_passes(lab, healthy):
     report = _check(lab, "failover")
     print(f"\n{report}")
     assert report.ok, str(report)
     assert report.metrics["lost"] == 0 and report.metrics["confirmed"] > 0
 
 
-def test_perf_check_passes(lab, deployed):
+def test_perf_check_passes(lab, healthy):
     report = _check(lab, "perf")
     print(f"\n{report}")
     assert report.ok, str(report)

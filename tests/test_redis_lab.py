@@ -1,7 +1,8 @@
 """Redis + HAProxy layers end to end in the lab (marker `lab`): deploy, diag, no secret at -vvv/--debug,
 second runs change nothing, failovers seen through the load-balancer stand-in (lab/lab.yaml).
 
-Order matters (one lab per session): the tests run top to bottom and each leaves the cluster healthy.
+The layers are deployed once for the module (`deployed`); every test that needs a healthy cluster waits for one
+first (`healthy`), so each runs alone (`-k`) or again.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from keybuzz.runner import parse_changes
 from keybuzz.waiting import wait_for
 
 REDIS_HOSTS = {h.name: h.ip for h in lab_module.TOPOLOGY if h.role == "redis"}
+HAPROXY_HOSTS = [h.name for h in lab_module.TOPOLOGY if h.role == "haproxy"]
 LB = lab_module.LB_IP
+# a bound for a hung failover, not the target: the write-gap figures are measured by bench/redis_failover.py
+GAP_SAFETY_S = 30
 
 
 def _logins(lab) -> dict[str, Login]:
@@ -78,6 +82,12 @@ def deployed(lab):
     return results
 
 
+@pytest.fixture
+def healthy(lab, deployed):
+    """Every node up, replicas linked, diag green: what a kill or a rolling restart starts from."""
+    wait_for(lambda: _healthy(lab), 180, what="Redis cluster healthy (3 nodes, replicas linked, diag green)")
+
+
 def test_first_deploy_prints_no_secret_at_vvv(lab, deployed):
     for name, r in deployed.items():
         assert not [p for p in _passwords(lab) if p in r.output], f"a Redis password printed by layer {name}"
@@ -125,7 +135,7 @@ def _sentinel_connections(lab) -> int:
                for ip in REDIS_HOSTS.values())
 
 
-def test_a_deploy_asks_the_sentinels_once_per_run_not_once_per_host(lab, deployed):
+def test_a_deploy_asks_the_sentinels_once_per_run_not_once_per_host(lab, healthy):
     """pyinfra evaluates deploys/redis.py once per host (in parallel greenlets); the Sentinels are asked once per
     run, so every host acts on the same master. One run against 3 hosts opens 3 connections for that question
     (one per Sentinel) + 3 for the settings drift (each host's own Sentinel): 6; asked per host it would be 12."""
@@ -151,7 +161,7 @@ def _started_at(lab, host: str, container: str) -> str:
     return lab.exec(host, f"docker inspect -f '{{{{.State.StartedAt}}}}' {container}").stdout.strip()
 
 
-def test_a_changed_setting_is_applied_at_runtime_without_any_restart(lab, deployed):
+def test_a_changed_setting_is_applied_at_runtime_without_any_restart(lab, healthy):
     before = {h: _started_at(lab, h, "redis-sentinel") for h in REDIS_HOSTS}
     rc, out = _pyinfra(lab, "redis", "--data", "redis_down_after_ms=4000")
     assert rc == 0, out[-3000:]
@@ -170,22 +180,63 @@ def test_a_changed_setting_is_applied_at_runtime_without_any_restart(lab, deploy
     assert sum(c for n, c in _changed_ops(out).items() if n.startswith("Apply changed")) == 3
 
 
-def test_a_changed_unit_restarts_replicas_one_by_one_then_the_master(lab, deployed):
+def _watch_roles(lab, stop, seconds: float = 900) -> list[dict[str, str]]:
+    """ROLE of every node every 0.1 s until `stop` (at most `seconds`): one {host: state} per poll, state one of
+    down / master / in-sync (a replica whose link is up) / syncing."""
+    clients = {h: no_retry_client(ip, REDIS_PORT, _admin(lab), timeout=0.3) for h, ip in REDIS_HOSTS.items()}
+    polls, deadline = [], time.monotonic() + seconds
+    try:
+        while not stop.is_set() and time.monotonic() < deadline:
+            poll = {}
+            for h, client in clients.items():
+                try:
+                    role = client.execute_command("ROLE")
+                except Exception:  # noqa: BLE001 - redis.RedisError or OSError: the node does not answer
+                    poll[h] = "down"
+                    continue
+                poll[h] = "master" if role[0] == "master" else "in-sync" if role[3] == "connected" else "syncing"
+            polls.append(poll)
+            stop.wait(0.1)
+    finally:
+        for client in clients.values():
+            client.close()
+    return polls
+
+
+def test_a_changed_unit_restarts_replicas_one_by_one_then_the_master(lab, healthy):
+    """Watched from outside while the deploy runs (ROLE of each node every 0.1 s): never two nodes down at once,
+    and a node goes down only while every other node is the master or a replica in sync, i.e. each restart waited
+    for the previous node to be back in sync (start times alone would also fit a serial restart without waits)."""
+    import threading
+
     master_ip = _sentinel_master(lab).split(":")[0]
     master = next(h for h, ip in REDIS_HOSTS.items() if ip == master_ip)
     for host in REDIS_HOSTS:  # a hand edit: the deploy puts its own unit back and restarts the service
         lab.exec(host, "echo '# edited by hand' >> /etc/systemd/system/redis.service")
-    rc, out = _pyinfra(lab, "redis")
+    stop, polls = threading.Event(), []
+    watcher = threading.Thread(target=lambda: polls.extend(_watch_roles(lab, stop)), daemon=True)
+    watcher.start()
+    try:
+        rc, out = _pyinfra(lab, "redis")
+    finally:
+        stop.set()
+        watcher.join(timeout=30)
     assert rc == 0, out[-3000:]
+    assert len(polls) > 20, "the watcher hardly polled"
+    seen_down = {h for poll in polls for h, state in poll.items() if state == "down"}
+    assert seen_down == set(REDIS_HOSTS), f"restarts the watcher saw: {sorted(seen_down)} (each node restarts once)"
+    assert max(list(poll.values()).count("down") for poll in polls) == 1, "two nodes down at the same time"
+    for before, poll in zip(polls, polls[1:], strict=False):
+        for h in [h for h, state in poll.items() if state == "down" and before[h] != "down"]:
+            others = {o: before[o] for o in REDIS_HOSTS if o != h}
+            assert set(others.values()) <= {"master", "in-sync"}, f"{h} went down while {others}"
     started = {h: docker_time(_started_at(lab, h, "redis")) for h in REDIS_HOSTS}
     order = sorted(started, key=started.get)
     assert order[-1] == master, f"the master must restart last: {order}"
-    # one at a time: each restart waits for the previous node to be back in sync (seconds, not a burst)
-    assert started[order[1]] - started[order[0]] >= 1 and started[order[2]] - started[order[1]] >= 1, started
     # the master was handed over (writes paused, SENTINEL FAILOVER) before its restart, and came back behind its
     # start gate as a replica of the new master (issue 10 §2, §4)
     after = _sentinel_master(lab)
-    print(f"master before {master_ip}, after the rolling restart {after}")
+    print(f"master before {master_ip}, after the rolling restart {after}; {len(polls)} polls")
     assert after.split(":")[0] != master_ip
     wait_for(lambda: _healthy(lab), 60, what="cluster healthy again")
 
@@ -237,49 +288,74 @@ def _kill_and_measure(lab, host: str, how: str) -> tuple[float, str]:
     """Kill `host`'s Redis (`how`: 'container' = docker kill on the host, 'host' = the whole host stops) while
     writing through the LB stand-in; returns (write gap s, new master)."""
     probe = WriteProbe(LB, REDIS_PORT, _app(lab), prefix="keybuzz:labtest:", ttl=300, max_seconds=120).start()
-    time.sleep(2)
+
+    def replicated() -> int:
+        return sum(1 for w in list(probe.writes) if w.replicated)
+    wait_for(lambda: replicated() >= 20, 30, 0.1, what="20 replicated writes through the LB before the kill")
     t0 = time.monotonic()
     if how == "container":
         lab.exec(host, "docker kill redis")
     else:
         lab.stop_host(host, timeout=1)
     wait_for(lambda: probe.resumed_after(t0 + 0.5), 60, 0.2, what="writes through the LB stand-in resuming")
-    time.sleep(1)
+    at = replicated()
+    wait_for(lambda: replicated() >= at + 20, 30, 0.1, what="20 replicated writes after the resumption")
     probe.stop()
     gap = probe.gap(t0, t0 + 0.5)
     new = _sentinel_master(lab)
     master = no_retry_client(new.split(":")[0], REDIS_PORT, _admin(lab), timeout=2)
     lost_acked, acked = probe.lost(master)[:2]
     master.close()
-    assert acked > 0 and lost_acked == 0, (acked, lost_acked)  # 0 lost of 0 acknowledged would prove nothing
+    assert acked >= 40 and lost_acked == 0, (acked, lost_acked)  # 0 lost of 0 acknowledged would prove nothing
     print(f"{how} kill of {host}: write gap through the LB {gap:.2f} s, master now {new}")
     return gap, new
 
 
-def test_killing_the_master_container_on_its_host_writes_resume(lab, deployed):
+def _haproxy_follows(lab, master: str, healthy: bool) -> None:
+    """Both HAProxy hosts: haproxy.cfg names `master` (the follower rewrote it), the watcher and the timer are
+    active; with every node up (`healthy`), the haproxy layer's diag (every HAProxy must answer and point at the
+    Sentinels' master, its follower recent) is green too."""
+    from keybuzz.checks import Target
+    from keybuzz.haproxy import check as haproxy_check
+    from keybuzz.haproxy.settings import CFG, cfg_master
+
+    for h in HAPROXY_HOSTS:
+        wait_for(lambda h=h: cfg_master(lab.exec(h, f"cat {CFG}").stdout.splitlines()) == master, 30, 0.5,
+                 what=f"{h}'s haproxy.cfg naming {master}")
+        units = lab.exec(h, "systemctl is-active redis-master-watch.service redis-update-master.timer").stdout
+        assert units.split() == ["active", "active"], (h, units)
+    if healthy:
+        with lab.lab_environ():
+            report = haproxy_check.diag(Target.from_env())
+        assert report.ok, str(report)
+        assert [line for line in report.lines if f"be_redis_master -> {master}" in line], str(report)
+
+
+def test_killing_the_master_container_on_its_host_writes_resume(lab, healthy):
     """systemd restarts the killed container (Restart=always) within seconds; with down-after 5 s Sentinel
     may or may not fail over first: either way writes through the LB resume quickly."""
     master_ip = _sentinel_master(lab).split(":")[0]
     host = next(h for h, ip in REDIS_HOSTS.items() if ip == master_ip)
     gap, _ = _kill_and_measure(lab, host, "container")
-    assert gap < 15
+    assert gap < GAP_SAFETY_S
     wait_for(lambda: _healthy(lab), 60, what="cluster healthy again")
 
 
-def test_a_stopped_master_host_fails_over_and_rejoins_as_replica(lab, deployed):
+def test_a_stopped_master_host_fails_over_and_rejoins_as_replica(lab, healthy):
     master_ip = _sentinel_master(lab).split(":")[0]
     host = next(h for h, ip in REDIS_HOSTS.items() if ip == master_ip)
     gap, new = _kill_and_measure(lab, host, "host")
-    assert new.split(":")[0] != master_ip and gap < 15
+    assert new.split(":")[0] != master_ip and gap < GAP_SAFETY_S
+    _haproxy_follows(lab, new, healthy=False)  # the old master's host is still down
     lab.start_host(host)
     wait_for(lambda: _healthy(lab), 120, what="old master back as a replica, diag green")
     assert _sentinel_master(lab) == new  # it came back as a replica: no second failover
+    _haproxy_follows(lab, new, healthy=True)
 
 
-def test_a_killed_master_host_comes_back_as_a_replica_never_a_master(lab, deployed):
+def test_a_killed_master_host_comes_back_as_a_replica_never_a_master(lab, healthy):
     """Issue 10 §2: power-cut the master's host, wait for the failover, start the host again and ask its Redis
     ROLE every 50 ms from the moment it accepts connections: never `master` (keybuzz-redis-start-gate)."""
-    wait_for(lambda: _healthy(lab), 120, what="cluster healthy before the kill")
     old = _sentinel_master(lab)
     old_ip = old.split(":")[0]
     host = next(h for h, ip in REDIS_HOSTS.items() if ip == old_ip)
@@ -298,7 +374,7 @@ def test_a_killed_master_host_comes_back_as_a_replica_never_a_master(lab, deploy
     wait_for(lambda: _healthy(lab), 120, what="diag green with the old master as a replica")
 
 
-def test_haproxy_restarts_one_host_at_a_time_each_serving_before_the_next(lab, deployed):
+def test_haproxy_restarts_one_host_at_a_time_each_serving_before_the_next(lab, healthy):
     """Issue 10 §4: a changed haproxy unit restarts haproxy-01 then haproxy-02, the second only once the first
     serves again (restart_if(ready=...)): polled every 50 ms from here, never both Redis frontends closed."""
     import threading
@@ -328,7 +404,7 @@ def test_haproxy_restarts_one_host_at_a_time_each_serving_before_the_next(lab, d
     assert not both_down, f"both HAProxies closed at {len(both_down)} polls"
 
 
-def test_check_failover_and_perf_work_against_the_lab(lab, deployed):
+def test_check_failover_and_perf_work_against_the_lab(lab, healthy):
     from keybuzz.checks import Target
     from keybuzz.redis.check import failover, perf
 
