@@ -199,17 +199,18 @@ follow_at_runtime() {
 # majority has been seen for NO_MAJORITY_MAINT s; $RUN_DIR/no-majority-since and $RUN_DIR/maint keep the state.
 fail_closed() {
     local now since pid
-    now=$(date +%s)
+    now=$(date +%s%3N)  # milliseconds: whole seconds could cut the wait short by up to 1 s
     [ -s "$RUN_DIR/no-majority-since" ] || echo "$RUN_STARTED" >"$RUN_DIR/no-majority-since"
     since=$(cat "$RUN_DIR/no-majority-since" 2>/dev/null || echo "$now")
-    [ $((now - since)) -ge "$NO_MAJORITY_MAINT" ] || return 0
+    [ "$since" -ge 100000000000 ] 2>/dev/null || since=$((since * 1000))  # a state file in seconds (older script)
+    [ $((now - since)) -ge $((NO_MAJORITY_MAINT * 1000)) ] || return 0
     [ -e "$RUN_DIR/maint" ] && [ "$(runtime_admin_state)" != 0 ] && return 0
     master_cli "@1 set server be_redis_master/redis-master state maint" >/dev/null || return 0
     for pid in $(worker_pids); do
         master_cli "@!$pid shutdown sessions server be_redis_master/redis-master" >/dev/null
     done
     : >"$RUN_DIR/maint"
-    log "no majority of Sentinels for $((now - since)) s: be_redis_master in MAINTENANCE (fail closed) until one is seen again"
+    log "no majority of Sentinels for $(((now - since) / 1000)) s: be_redis_master in MAINTENANCE (fail closed) until one is seen again"
 }
 
 # majority_seen: a majority answered again; leave maintenance if this script put the server there.
@@ -229,7 +230,7 @@ runtime_admin_state() {
 
 main() {
     local new current running candidate
-    RUN_STARTED=$(date +%s)
+    RUN_STARTED=$(date +%s%3N)
     current=$(cfg_master "$HAPROXY_CFG")
     new=$(sentinel_majority "${current:-none}")
     if [ -z "$new" ]; then
