@@ -15,6 +15,12 @@ from keybuzz.db.client import ProbeWriter
 from keybuzz.db.testbed import NAMES, Testbed
 from keybuzz.waiting import wait_for
 
+# Safety bounds, not targets (the failover targets are measured by bench/db_failover.py, figures in the README):
+# a writer resuming later than one leader key lifetime (+ margin) after the primary's death, or stalling this
+# long with only one etcd member down, is broken behaviour, not a slow run.
+FAILOVER_BOUND_MARGIN_S = 5
+ONE_ETCD_DOWN_STALL_BOUND_S = 3
+
 
 @pytest.fixture(scope="module")
 def tb():
@@ -63,13 +69,13 @@ def test_primary_killed_writes_resume_nothing_acknowledged_lost(healthy):
         _wait_acks(w, t_kill, 20, 60, "20 commits on the new primary after the kill")
     finally:
         w.stop()
-    assert w.acked_before(t_kill) > 0 and w.acked_since(t_kill) > 0
+    assert w.acked_before(t_kill) >= 20 and w.acked_since(t_kill) >= 20
     assert tb.primary_index() != old
     assert w.lost(tb.lb(5432)) == 0, "an acknowledged commit is missing after the failover"
     assert not w.warned
     gap = w.gap_after(t_kill)
     print(f"write gap through HAProxy 5432 on the primary's death: {gap:.2f} s (ttl {tb.settings.ttl})")
-    assert gap <= tb.settings.ttl + 5
+    assert gap <= tb.settings.ttl + FAILOVER_BOUND_MARGIN_S
 
 
 def test_old_primary_returns_as_replica_and_never_takes_writes(healthy):
@@ -83,6 +89,7 @@ def test_old_primary_returns_as_replica_and_never_takes_writes(healthy):
     w = _writer(tb, seconds=20).start()
     _wait_acks(w, 0, 10, 30, "10 commits on the new primary")
     w.stop()
+    assert w.acked_count() >= 10  # what "0 lost" below is about
     tb.revive_node(old)
     su = tb.superuser(old)
     answers: list[bool] = []
@@ -119,14 +126,16 @@ def test_one_etcd_member_down_no_failover(healthy):
         _wait_acks(w, 0, 10, 20, "commits before")
         t_kill = time.monotonic()
         tb.kill(leader, "etcd")  # the primary's own local etcd: its Patroni must use the other two
-        time.sleep(tb.settings.ttl + tb.settings.loop_wait + 3)  # past a leader key lifetime
+        # the scenario, not a wait for a condition: stay past a leader key lifetime (a key the primary could
+        # not renew would expire within it and a replica would promote), then look
+        time.sleep(tb.settings.ttl + tb.settings.loop_wait + 3)
         _wait_acks(w, t_kill, 10, 20, "commits after")
     finally:
         w.stop()
     view = tb.view()
     assert client.primary_name(view) == NAMES[leader] and client.timeline(view) == timeline
-    assert w.acked_since(t_kill) > 0 and w.lost() == 0
-    assert w.max_gap() < 3, f"writes stalled {w.max_gap():.1f} s with one etcd member down"
+    assert w.acked_before(t_kill) >= 10 and w.acked_since(t_kill) >= 10 and w.lost() == 0
+    assert w.max_gap() < ONE_ETCD_DOWN_STALL_BOUND_S, f"writes stalled {w.max_gap():.1f} s with one etcd member down"
 
 
 def test_etcd_majority_down_failsafe_keeps_the_primary(healthy):
@@ -144,6 +153,7 @@ def test_etcd_majority_down_failsafe_keeps_the_primary(healthy):
         tb.kill(others[0], "etcd")
         end = t_kill + 2 * tb.settings.ttl + 5  # well past the leader key's expiry
         primaries_seen = set()
+        # the scenario: watch every member's /primary for the whole outage (bounded by `end`), not a wait
         while time.monotonic() < end:
             primaries_seen |= {NAMES[i] for i in range(3) if client.is_primary(tb.node_ip(i), timeout=1)}
             time.sleep(0.5)
@@ -153,7 +163,7 @@ def test_etcd_majority_down_failsafe_keeps_the_primary(healthy):
         tb.revive(leader, "etcd")
         tb.revive(others[0], "etcd")
     assert primaries_seen == {NAMES[leader]}, f"/primary answered by {primaries_seen}"
-    assert w.acked_since(t_kill) > 0 and w.lost() == 0
+    assert w.acked_before(t_kill) >= 10 and w.acked_since(end) >= 5 and w.lost() == 0
     print(f"etcd majority down: longest write gap {w.max_gap():.2f} s")
     tb.wait_healthy(120)
     assert tb.primary_index() == leader and client.timeline(tb.view()) == timeline
@@ -177,16 +187,11 @@ def test_pgbouncer_dead_on_primary_6432_stops_5432_unaffected(healthy):
 
 
 def test_no_secret_in_docker_inspect_or_logs(healthy):
+    """The containers' environment comes from the rendered etcd.env, their logs from the services themselves."""
     tb = healthy
     inspect, logs = tb.inspect(), tb.logs()
-    assert tb.secrets.superuser in inspect or True  # names are not secret; passwords are
-    for secret in tb.all_secrets():
+    secrets = tb.all_secrets()
+    assert len(secrets) >= 3 and all(secrets)  # else the loop below would check nothing
+    for secret in secrets:
         assert secret not in inspect, "a password is visible in docker inspect (env, cmd, labels)"
         assert secret not in logs, "a password is in a container's log"
-    # and the secret files are what the deploy writes: 0600, owned by the service's uid
-    for name in NAMES:
-        yml = tb.dir / name / "config" / "patroni.yml"
-        ul = tb.dir / name / "pgbouncer" / "userlist.txt"
-        assert (yml.stat().st_mode & 0o777, yml.stat().st_uid) == (0o600, tb.settings.postgres_uid)
-        assert (ul.stat().st_mode & 0o777, ul.stat().st_uid) == (0o600, tb.settings.pgbouncer_uid)
-        assert tb.app_pass not in ul.read_text()
