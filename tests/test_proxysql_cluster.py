@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ import pytest
 from keybuzz import credentials
 from keybuzz.lab import images
 from keybuzz.runner import pyinfra_command
+from keybuzz.waiting import wait_for
 
 pytestmark = pytest.mark.containers
 
@@ -53,17 +53,14 @@ def host(tmp_path_factory):
                     "--network", NETWORK, "--ip", ip, "-v", f"{work / host}:/var/lib/docker",
                     "-v", f"{key}.pub:{images.LAB_AUTHORIZED_FILE}:ro", image)
         for host, ip in PROXYSQL_HOSTS.items():
-            deadline = time.monotonic() + 180
-            while True:  # bounded: systemd and sshd come up in a few seconds
-                r = _docker("exec", names[host], "cat", "/etc/ssh/ssh_host_ed25519_key.pub", check=False)
-                ssh_up = _docker("exec", names[host], "systemctl", "is-active", "ssh",
+            def host_key(container=names[host]) -> str | None:
+                """The host's public key once sshd is active (systemd and sshd come up in a few seconds)."""
+                r = _docker("exec", container, "cat", "/etc/ssh/ssh_host_ed25519_key.pub", check=False)
+                ssh_up = _docker("exec", container, "systemctl", "is-active", "ssh",
                                  check=False).stdout.strip() == "active"
-                if r.returncode == 0 and r.stdout.strip() and ssh_up:
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{names[host]}: sshd not up within 180 s")
-                time.sleep(1)
-            keytype, hostkey = r.stdout.split()[:2]
+                return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() and ssh_up else None
+
+            keytype, hostkey = wait_for(host_key, 180, 1, f"{names[host]}: sshd up").split()[:2]
             known.append(f"{ip},{host} {keytype} {hostkey}\n")
         (work / "known_hosts").write_text("".join(known))
         (work / "servers.tsv").write_text(

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import secrets
 import subprocess
-import time
 
 import pytest
 
 from keybuzz.lab import images
 from keybuzz.proxysql.admin import expected_writer, read_node_state
+from keybuzz.waiting import wait_for
 
 pytestmark = pytest.mark.containers
 
@@ -58,12 +58,10 @@ def node():
     try:
         _docker("run", "-d", "--name", NAME, "--network", NETWORK, "--ip", NODE_IP, "--entrypoint", "sh",
                 image, "-c", server)
-        deadline = time.monotonic() + 180
-        while _root_sql("SELECT 1").returncode != 0:  # bounded: install + first start take a few seconds
-            if time.monotonic() > deadline:
-                raise RuntimeError("MariaDB did not start: " + _docker("logs", "--tail", "40", NAME,
-                                                                     check=False).stderr[-2000:])
-            time.sleep(1)
+        try:  # install + first start take a few seconds
+            wait_for(lambda: _root_sql("SELECT 1").returncode == 0, 180, 1, "MariaDB answers on its socket")
+        except TimeoutError as e:
+            raise RuntimeError(f"{e}: " + _docker("logs", "--tail", "40", NAME, check=False).stderr[-2000:]) from e
         created = _root_sql(f"CREATE USER '{MONITOR}'@'%' IDENTIFIED BY '{password}';\n"
                             f"GRANT USAGE, REPLICATION CLIENT ON *.* TO '{MONITOR}'@'%';\n")
         assert created.returncode == 0, created.stderr
