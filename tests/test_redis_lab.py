@@ -374,6 +374,79 @@ def test_a_killed_master_host_comes_back_as_a_replica_never_a_master(lab, health
     wait_for(lambda: _healthy(lab), 120, what="diag green with the old master as a replica")
 
 
+PARTITION_TABLE = "keybuzz_test_partition"
+# a bound for a hung fail-closed, not the target: NO_MAJORITY_MAINT 5 s + the watcher's guard every 2 s + one
+# Sentinel query (1 s), and margin for the 2-core machine
+FAIL_CLOSED_SAFETY_S = 15
+
+
+def _partition(lab, side: list[str], on: bool) -> None:
+    """Cut (on) or heal every packet between the hosts of `side` and every other lab host: one nft table of its
+    own in each side host's network namespace, input and output (the whole path, both ways). The test machine
+    (the Docker bridge's gateway) still reaches everyone, as an operator's laptop outside the partition would."""
+    side_ips = {lab.host(n).ip for n in side}
+    others = ", ".join(h.ip for h in lab.TOPOLOGY if h.ip not in side_ips)
+    for name in side:
+        if on:
+            script = (f"table inet {PARTITION_TABLE} {{\n"
+                      f"  chain input {{ type filter hook input priority -10; ip saddr {{ {others} }} drop; }}\n"
+                      f"  chain output {{ type filter hook output priority -10; ip daddr {{ {others} }} drop; }}\n}}\n")
+            r = lab.exec(name, f"nft -f - <<'EOF'\n{script}EOF")
+        else:
+            r = lab.exec(name, f"nft delete table inet {PARTITION_TABLE} 2>/dev/null || true")
+        assert r.returncode == 0, (name, r.stdout, r.stderr)
+
+
+def test_a_partition_isolating_haproxy_01_with_the_master_fails_closed_and_loses_no_acknowledged_write(lab, healthy):
+    """Issue 10 §3 with a real partition: haproxy-01 and the master's host on the minority side (they see each other,
+    nothing else) for 20 s while one client writes (SET + WAIT 1, every 50 ms) through haproxy-01 and another through
+    haproxy-02. The majority elects a new master and haproxy-02 follows; haproxy-01, which sees one Sentinel of three,
+    stops routing to its last master within the bound (fail closed) and stays closed until the partition heals.
+    After healing, every write a replica acknowledged (WAIT 1 >= 1), through either HAProxy, is on the master."""
+    old = _sentinel_master(lab)
+    master_host = next(h for h, ip in REDIS_HOSTS.items() if ip == old.split(":")[0])
+    side = ["haproxy-01", master_host]
+    through = {h: WriteProbe(lab.host(h).ip, REDIS_PORT, _app(lab), interval=0.05, prefix=f"keybuzz:labtest:{h}:",
+                             ttl=600, max_seconds=300).start() for h in HAPROXY_HOSTS}
+
+    def replicated(h: str, since: float = 0.0) -> int:
+        return sum(1 for w in list(through[h].writes) if w.replicated and w.t > since)
+    wait_for(lambda: min(replicated(h) for h in through) >= 20, 30, 0.1, "replicated writes through both HAProxies")
+    cut_at = time.monotonic()
+    _partition(lab, side, on=True)
+    try:
+        new = wait_for(lambda: (m := _sentinel_master(lab)) and m != old and m, 60, 0.5,
+                       "the majority side's failover")
+        wait_for(lambda: replicated("haproxy-02", cut_at) >= 20, 60, 0.2, "replicated writes through haproxy-02")
+        time.sleep(max(0.0, cut_at + 20 - time.monotonic()))  # the scenario: a 20 s partition
+        healed_at = time.monotonic()
+    finally:
+        _partition(lab, side, on=False)
+    wait_for(lambda: _healthy(lab), 180, what="healed: the old master back as a replica, diag green")
+    wait_for(lambda: replicated("haproxy-01", healed_at) >= 20, 60, 0.2, "haproxy-01 serving again once healed")
+    for probe in through.values():
+        probe.stop()
+    assert _sentinel_master(lab) == new  # the majority's choice stands after healing
+    lost, acked, lost_plain, plain = {}, {}, {}, {}
+    master = no_retry_client(new.split(":")[0], REDIS_PORT, _admin(lab), timeout=2)
+    try:
+        for h, probe in through.items():
+            lost[h], acked[h], lost_plain[h], plain[h] = probe.lost(master)
+    finally:
+        master.close()
+    one = through["haproxy-01"].writes
+    failed = [w.t for w in one if not w.ok and cut_at < w.t < healed_at]
+    assert failed, "haproxy-01 never refused a write during the partition"
+    closed_after = failed[0] - cut_at
+    served_late = [w for w in one if w.ok and failed[0] + 1 < w.t < healed_at]
+    print(f"\npartition {side} 20 s: haproxy-01 closed {closed_after:.1f} s after the cut; acknowledged (WAIT 1) "
+          f"writes {acked}, lost {lost}; unreplicated writes taken by the isolated master and lost {lost_plain} "
+          f"of {plain}")
+    assert closed_after <= FAIL_CLOSED_SAFETY_S, f"haproxy-01 kept routing to the isolated master {closed_after:.1f} s"
+    assert not served_late, f"haproxy-01 served {len(served_late)} writes after it had closed, before healing"
+    assert all(n >= 20 for n in acked.values()) and lost == {h: 0 for h in through}, (acked, lost)
+
+
 def test_haproxy_restarts_one_host_at_a_time_each_serving_before_the_next(lab, healthy):
     """Issue 10 §4: a changed haproxy unit restarts haproxy-01 then haproxy-02, the second only once the first
     serves again (restart_if(ready=...)): polled every 50 ms from here, never both Redis frontends closed."""
