@@ -26,6 +26,10 @@ from keybuzz.minio.settings import CHECK_BUCKET, load_apps
 from keybuzz.minio.testbed import FreshHosts, S3StandIn
 from keybuzz.waiting import wait_for
 
+# Safety bounds (a hang is a failure), not performance targets.
+PERF_BOUND_S = 90  # perf_at is given seconds=60: it must stop by itself
+NO_MINIO_ASK_BOUND_S = 10  # the deploy's question to a host with no MinIO must not wait out long timeouts
+
 
 @pytest.fixture(scope="module")
 def standin():
@@ -82,7 +86,7 @@ def test_perf_is_bounded_and_reads_back_what_it_wrote(standin):
                      seconds=60)
     assert report.ok, str(report)
     assert report.metrics["put_mb_s"] > 0 and report.metrics["get_mb_s"] > 0
-    assert time.monotonic() - began < 90
+    assert time.monotonic() - began < PERF_BOUND_S
 
 
 def test_a_dead_endpoint_is_red_never_a_crash(standin):
@@ -105,7 +109,7 @@ def test_bootstrap_ask_on_a_host_without_minio_is_fast_and_plans_everything():
             for v in (u.access_key_var, u.secret_key_var)}
     began = time.monotonic()
     actions = bootstrap_needed("127.0.0.1:9", ("rootuser", "rootpassword"), apps, keys)
-    assert time.monotonic() - began < 10
+    assert time.monotonic() - began < NO_MINIO_ASK_BOUND_S
     assert ("make-bucket", apps.buckets[0]) in actions and any(a[0] == "add-user" for a in actions)
 
 
