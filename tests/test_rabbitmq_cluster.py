@@ -147,6 +147,24 @@ def test_no_secret_in_container_env_command_lines_or_logs(healthy):
         assert tb.password not in logs and tb.cookie not in logs
 
 
+def _commit_index(tb: Testbed, queue: str) -> int:
+    """The queue's commit index: the highest one of its members, as queue-01 (never killed here) reports them."""
+    return wait_for(lambda: max((r["commit"] or 0 for r in tb.quorum_status(queue, 0).values()), default=0),
+                    30, 0.5, f"{queue}'s commit index")
+
+
+def _all_consumed(tb: Testbed, queue: str, ids: set[int]) -> Consumer:
+    """Drain `queue`; fail unless every id of `ids` came out (duplicates allowed) and nothing else."""
+    consumer = Consumer(tb.lb_endpoint(), queue).start()
+    try:
+        missing = consumer.wait_for(ids, seconds=60)
+    finally:
+        consumer.stop()
+    assert not missing, f"{len(missing)} confirmed messages never consumed, e.g. {sorted(missing)[:10]}"
+    assert consumer.received == ids, f"unexpected ids {sorted(consumer.received - ids)[:10]}"
+    return consumer
+
+
 def test_kill_the_leader_mid_stream_no_confirmed_message_lost(healthy):
     """Publisher with confirms + consumer through HAProxy; SIGKILL of the queue leader's node, which
     also holds the publisher's connection (the worst case: the client must reconnect)."""
@@ -197,25 +215,10 @@ def test_kill_the_leader_mid_stream_no_confirmed_message_lost(healthy):
     info = wait_for(lambda: (lambda q: q if len(q.get("online", [])) == 3 else None)(_queue_info(tb, queue)),
                     60, what="3 online queue members")
     assert sorted(info["online"]) == [f"rabbit@{n}" for n in NAMES]
+    # and it caught up: its own copy of the log (asked on it) reaches what was committed while it was away
+    committed = _commit_index(tb, queue)
+    wait_for(lambda: _caught_up(tb, queue, victim, committed), 60, 1, f"{NAMES[victim]} applied what it missed")
     delete_queue(endpoint, queue)
-
-
-def _commit_index(tb: Testbed, queue: str) -> int:
-    """The queue's commit index: the highest one of its members, as queue-01 (never killed here) reports them."""
-    return wait_for(lambda: max((r["commit"] or 0 for r in tb.quorum_status(queue, 0).values()), default=0),
-                    30, 0.5, f"{queue}'s commit index")
-
-
-def _all_consumed(tb: Testbed, queue: str, ids: set[int]) -> Consumer:
-    """Drain `queue`; fail unless every id of `ids` came out (duplicates allowed) and nothing else."""
-    consumer = Consumer(tb.lb_endpoint(), queue).start()
-    try:
-        missing = consumer.wait_for(ids, seconds=60)
-    finally:
-        consumer.stop()
-    assert not missing, f"{len(missing)} confirmed messages never consumed, e.g. {sorted(missing)[:10]}"
-    assert consumer.received == ids, f"unexpected ids {sorted(consumer.received - ids)[:10]}"
-    return consumer
 
 
 def test_a_lost_node_rejoins_by_itself(healthy):
