@@ -370,6 +370,31 @@ def test_the_script_acts_only_on_a_majority_of_the_configured_sentinels(tb, case
         (tb.dir / "haproxy" / "conf" / "stale.cfg").unlink()
 
 
+def test_a_majority_is_acted_on_without_waiting_for_a_dead_sentinel(tb):
+    """Issue 10 §1: after a host dies, its Sentinel does not answer at all (no RST: the query runs into
+    QUERY_TIMEOUT). The two live Sentinels already agree: the run acts on them at once instead of waiting for the
+    dead one (the script used to wait for every query, so each run after a host kill cost one whole timeout)."""
+    _heal(tb)
+    master = tb.cfg_master()
+    query_timeout_s = 8  # longer than such a run takes, so waiting for the dead Sentinel cannot go unnoticed
+    # a frozen Sentinel (paused container: the kernel still accepts the connection, nothing ever answers) behaves
+    # as one on a host that just died, whose address is still in the ARP cache (an absent address would fail fast)
+    sentinels = " ".join(tb.sentinel_ips)
+    settings = _stale(tb)
+    tb.docker("sentinel-2").pause()
+    try:
+        start = time.monotonic()
+        rc, out = tb.update({**settings, "SENTINELS": sentinels, "QUERY_TIMEOUT": str(query_timeout_s), **_OWN_RUN},
+                            timeout=60)
+        took = time.monotonic() - start
+        assert rc == 0 and f"-> {master} (validated)" in out, out
+        assert _cfg_master_of(tb, "stale.cfg") == master
+        assert took < query_timeout_s, f"the run waited {took:.1f} s: for the dead Sentinel's query timeout"
+    finally:
+        tb.docker("sentinel-2").unpause()
+        (tb.dir / "haproxy" / "conf" / "stale.cfg").unlink()
+
+
 def test_the_check_module_reads_the_master_haproxy_uses_from_its_stats_page(tb):
     from keybuzz.redis.check import haproxy_master
 

@@ -117,14 +117,24 @@ ask_sentinel() {
     valid_addr "$reply" && printf '%s\n' "$reply"
 }
 
-# sentinel_answers -> one line per Sentinel that gave a well-formed answer (all asked at once: the answer
-# takes one timeout at worst, not one per dead Sentinel)
+# sentinel_answers -> one line per Sentinel that gave a well-formed answer. All are asked at once, and the
+# answers are returned as soon as a majority of them agree: a Sentinel on a dead host (no RST: its query runs
+# into QUERY_TIMEOUT) does not hold up a failover (issue 10 §1); otherwise when every query has ended.
 sentinel_answers() {
-    local s tmp
+    local s tmp total=0 polls=0 pids=()
     tmp=$(mktemp -p "$RUN_DIR" answers.XXXXXX) || return 0
-    for s in $SENTINELS; do ask_sentinel "$s" >>"$tmp" & done
-    wait
-    cat "$tmp"; rm -f "$tmp"
+    for s in $SENTINELS; do
+        total=$((total + 1))
+        { ask_sentinel "$s"; echo "#done"; } >>"$tmp" &
+        pids+=($!)
+    done
+    # each query ends within QUERY_TIMEOUT (timeout); 500 polls (10 s) bound the loop whatever happens
+    while [ "$(grep -c '^#done$' "$tmp")" -lt "$total" ] && [ $((polls += 1)) -le 500 ] \
+        && [ -z "$(grep -v '^#done$' "$tmp" | grep . | majority_of "$total")" ]; do
+        sleep 0.02
+    done
+    kill "${pids[@]}" 2>/dev/null
+    grep -v '^#done$' "$tmp"; rm -f "$tmp"
 }
 
 # majority_of TOTAL <answers -> the address more than half of TOTAL Sentinels gave, else nothing
