@@ -47,7 +47,7 @@ from keybuzz.base_os.settings import (
     trusted_networks,
 )
 from keybuzz.context import layer_context
-from keybuzz.layers import data_dirs
+from keybuzz.layers import data_dirs, host_ready_commands
 from keybuzz.ops import apt_packages, restart_if, template, validated_file
 from keybuzz.render import render
 
@@ -137,10 +137,13 @@ if WITH_DOCKER:
 
     systemd.service(name="Enable and start Docker", service="docker.service", running=True, enabled=True)
     server.shell(
-        name="Restart Docker (daemon.json changed)",
-        commands=["systemctl restart docker.service"],
+        name="Restart Docker (daemon.json changed) and wait until this host's services serve again",
+        # every service runs under dockerd: one host at a time, and the next only once the layers on this one are
+        # back (their HOST_READY: RabbitMQ node in its cluster, Redis replica in sync, Galera Synced...), so a
+        # cluster never loses two members to this restart
+        commands=["systemctl restart docker.service", *host_ready_commands(ROLE)],
         _if=any_changed(daemon_json),
-        _serial=True,  # every service runs under dockerd: one host at a time, never the whole cluster at once
+        _serial=True,
     )
 
 # --- time sync -----------------------------------------------------------------------------------------

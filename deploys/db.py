@@ -36,6 +36,8 @@ from keybuzz.db.settings import (
     APP_SQL,
     CONTAINER_CONFIG_DIR,
     DEFAULT,
+    NODE_SCRIPT,
+    WAIT_SECONDS,
     PatroniSecrets,
     dcs_config,
     deterministic_salt,
@@ -52,8 +54,6 @@ from keybuzz.facts import ServiceActive
 from keybuzz.ops import container_unit, owned_directory, restart_if, secret_file
 
 S = DEFAULT
-NODE_SCRIPT = "/usr/local/sbin/keybuzz-db"
-WAIT_SECONDS = 300  # bound of every wait for the cluster (first bootstrap included)
 
 ctx = layer_context("db")
 creds = ctx.secrets("postgres")

@@ -74,6 +74,26 @@ LAYERS: dict[str, Layer] = {layer.name: layer for layer in (
 )}
 
 
+def host_ready_commands(role: str) -> list[str]:
+    """The `HOST_READY` commands (keybuzz/<layer>/settings.py) of the layers on hosts of `role`, in layer order:
+    what a host waits for after everything on it restarted (the base OS layer restarting dockerd) before the
+    next host restarts. A layer without HOST_READY adds nothing.
+
+    >>> [c.split()[-1] for c in host_ready_commands("rabbitmq")]
+    ['ready']
+    >>> host_ready_commands("k3s_workers")
+    []
+    """
+    from importlib import import_module
+
+    commands = []
+    for layer in ordered():
+        if role in layer.roles and (ROOT / "keybuzz" / layer.name / "settings.py").is_file():
+            command = getattr(import_module(f"keybuzz.{layer.name}.settings"), "HOST_READY", None)
+            commands += [command] if command else []
+    return commands
+
+
 def data_dirs(role: str) -> list[str]:
     """The /opt/keybuzz/<dir> names the layers of `role` use.
 

@@ -203,34 +203,9 @@ def _watch_cluster(queue: str, stop, seconds: float = 900) -> list[dict[str, str
     return polls
 
 
-def test_changed_config_is_rolled_one_node_at_a_time_without_loss(lab, healthy):
-    """Drift on every node's rabbitmq.conf: the deploy rewrites it and restarts the nodes one by one, each only
-    when the cluster can spare it; a stream through the LB loses nothing. Watched from outside while the deploy
-    runs (every 0.25 s): never two nodes down, and a node goes down only while both others are running and online
-    members of the stream's quorum queue (start times alone would also fit a serial restart without waits)."""
-    for name in QUEUE_HOSTS:
-        lab.exec(name, f"echo '# drift' >> {CONF}")
-    before = {n: _started_at(lab, n) for n in QUEUE_HOSTS}
-    queue = "kb.lab.rolling"
-    publisher, consumer, stop, worker = _stream(queue, "kb-lab-rolling")
-    watch_stop, polls = threading.Event(), []
-    try:
-        _until(lambda: len(publisher.result.confirmed) >= 100, 30, "100 confirms")
-        watcher = threading.Thread(target=lambda: polls.extend(_watch_cluster(queue, watch_stop)), daemon=True)
-        watcher.start()
-        try:
-            with lab.lab_environ():
-                rolled = lab.deploy("rabbitmq")
-        finally:
-            watch_stop.set()
-            watcher.join(timeout=30)
-        assert rolled.ok, rolled.output[-4000:]
-        after = {n: _started_at(lab, n) for n in QUEUE_HOSTS}
-        assert all(after[n] != before[n] for n in QUEUE_HOSTS), (before, after)
-        at = len(publisher.result.confirmed)
-        _until(lambda: len(publisher.result.confirmed) >= at + 100, 60, "confirms after the rolling restart")
-    finally:
-        result, missing = _finish(publisher, consumer, stop, worker, queue)
+def _assert_one_node_at_a_time(polls: list[dict[str, str]]) -> None:
+    """What `_watch_cluster` saw: every node went down once at least (the watcher can see a restart), never two at
+    once, and a node went down only while both others were running and online members of the queue."""
     assert len(polls) > 20, "the watcher hardly polled"
     seen_down = {n for poll in polls for n, state in poll.items() if state == "down"}
     assert seen_down == {f"rabbit@{n}" for n in QUEUE_HOSTS}, f"restarts the watcher saw: {sorted(seen_down)}"
@@ -239,10 +214,65 @@ def test_changed_config_is_rolled_one_node_at_a_time_without_loss(lab, healthy):
         for node in [n for n, state in poll.items() if state == "down" and previous[n] != "down"]:
             others = {o: previous[o] for o in previous if o != node}
             assert set(others.values()) == {"online"}, f"{node} went down while {others}"
+
+
+def _deploy_watched(lab, layer: str, queue: str, *extra: str):
+    """Deploy `layer` while a confirmed stream runs through the LB into `queue` and `_watch_cluster` watches;
+    returns (deploy result, polls, publish result, missing confirmed ids)."""
+    publisher, consumer, stop, worker = _stream(queue, f"kb-lab-{layer}")
+    watch_stop, polls = threading.Event(), []
+    try:
+        _until(lambda: len(publisher.result.confirmed) >= 100, 30, "100 confirms")
+        watcher = threading.Thread(target=lambda: polls.extend(_watch_cluster(queue, watch_stop)), daemon=True)
+        watcher.start()
+        try:
+            with lab.lab_environ():
+                deployed = lab.deploy(layer, extra=extra)
+        finally:
+            watch_stop.set()
+            watcher.join(timeout=30)
+        at = len(publisher.result.confirmed)
+        if deployed.ok:
+            _until(lambda: len(publisher.result.confirmed) >= at + 100, 60, "confirms after the deploy")
+    finally:
+        result, missing = _finish(publisher, consumer, stop, worker, queue)
+    return deployed, polls, result, missing
+
+
+def test_changed_config_is_rolled_one_node_at_a_time_without_loss(lab, healthy):
+    """Drift on every node's rabbitmq.conf: the deploy rewrites it and restarts the nodes one by one, each only
+    when the cluster can spare it; a stream through the LB loses nothing. Watched from outside while the deploy
+    runs (every 0.25 s): never two nodes down, and a node goes down only while both others are running and online
+    members of the stream's quorum queue (start times alone would also fit a serial restart without waits)."""
+    for name in QUEUE_HOSTS:
+        lab.exec(name, f"echo '# drift' >> {CONF}")
+    before = {n: _started_at(lab, n) for n in QUEUE_HOSTS}
+    rolled, polls, result, missing = _deploy_watched(lab, "rabbitmq", "kb.lab.rolling")
+    assert rolled.ok, rolled.output[-4000:]
+    after = {n: _started_at(lab, n) for n in QUEUE_HOSTS}
+    assert all(after[n] != before[n] for n in QUEUE_HOSTS), (before, after)
+    _assert_one_node_at_a_time(polls)
     assert len(result.confirmed) >= 200 and not missing, \
         f"{len(missing)} of {len(result.confirmed)} confirmed messages lost"
     assert _members() == [f"rabbit@{n}" for n in QUEUE_HOSTS]
     print(f"\nrolling restart: confirmed {len(result.confirmed)}, max gap {result.max_gap:.2f}s, "
+          f"reconnects {result.reconnects}, {len(polls)} polls")
+
+
+def test_the_base_os_layer_restarting_dockerd_keeps_the_quorum(lab, healthy):
+    """Issue 10 §4: a changed /etc/docker/daemon.json makes the base OS layer restart dockerd, which stops every
+    container of the host. One host at a time is not enough: the next host must wait until this one's RabbitMQ
+    node is back in its cluster (the layers' HOST_READY). Watched as the rolling restart above; nothing lost."""
+    for name in QUEUE_HOSTS:  # a hand edit of daemon.json: the layer writes its own back and restarts dockerd
+        lab.exec(name, "sed -i '1s/^/ /' /etc/docker/daemon.json")
+    restarted, polls, result, missing = _deploy_watched(lab, "base_os", "kb.lab.dockerd", "--limit", "queue-*")
+    assert restarted.ok, restarted.output[-4000:]
+    assert "Restart Docker (daemon.json changed)" in restarted.output
+    _assert_one_node_at_a_time(polls)
+    assert len(result.confirmed) >= 200 and not missing, \
+        f"{len(missing)} of {len(result.confirmed)} confirmed messages lost"
+    assert _members() == [f"rabbit@{n}" for n in QUEUE_HOSTS]
+    print(f"\ndockerd restarts: confirmed {len(result.confirmed)}, max gap {result.max_gap:.2f}s, "
           f"reconnects {result.reconnects}, {len(polls)} polls")
 
 

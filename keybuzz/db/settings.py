@@ -256,6 +256,12 @@ VpYlBuxyzeCI1KnctrefdljpB1mk3Gp7sBI/t11+NkQ='
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 ADMIN_LOGIN_FILE = "admin.pgpass"  # in config_dir (mounted at /etc/patroni): the superuser, for keybuzz-db
 APP_SQL = "app.sql"  # in config_dir: the application role and database
+NODE_SCRIPT = "/usr/local/sbin/keybuzz-db"
+WAIT_SECONDS = 300  # bound of every wait for the cluster (first bootstrap included)
+# HOST_READY: run on a host of this layer after everything on it restarted (the base OS layer's dockerd
+# restart, one host at a time): succeeds once this layer's services there serve again, at once where
+# the layer is not installed yet; bounded.
+HOST_READY = f"[ ! -x {NODE_SCRIPT} ] || {NODE_SCRIPT} wait-cluster {WAIT_SECONDS}"
 
 
 def deterministic_salt(key: str, user: str) -> bytes:

@@ -101,6 +101,10 @@ class MariadbSettings:
 
 
 DEFAULT = MariadbSettings()
+# HOST_READY: run on a host of this layer after everything on it restarted (the base OS layer's dockerd
+# restart, one host at a time): succeeds once this layer's services there serve again, at once where
+# the layer is not installed yet; bounded.
+HOST_READY = f"[ ! -x {DEFAULT.node_script} ] || {DEFAULT.node_script} wait-synced"
 
 
 def host_pattern(network: str) -> str:
