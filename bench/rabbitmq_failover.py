@@ -48,10 +48,12 @@ def one_kill(tb: Testbed, run: int, placement: str, redeclare: bool = True) -> d
     placement = "same" if landed == f"rabbit@{NAMES[victim]}" else "other"
     stop = threading.Event()
     worker = threading.Thread(target=publisher.run, kwargs={"seconds": 150, "stop": stop}, daemon=True)
+    started = time.monotonic()  # the publisher's run starts here: its errors and gaps are timed from it
     worker.start()
     try:
         wait_for(lambda: len(publisher.result.confirmed) >= 300, 30, 0.1, "300 confirms before the kill")
         at_kill = len(publisher.result.confirmed)
+        killed = time.monotonic() - started
         tb.kill(victim)
         wait_for(lambda: len(publisher.result.confirmed) >= at_kill + 300, 60, 0.1, "300 confirms after the kill")
         tb.revive(victim)
@@ -66,7 +68,10 @@ def one_kill(tb: Testbed, run: int, placement: str, redeclare: bool = True) -> d
     delete_queue(endpoint, queue)
     return {"placement": placement, "victim": NAMES[victim], "gap": result.max_gap, "confirmed": len(result.confirmed),
             "lost": len(missing), "duplicates": consumer.deliveries - len(consumer.received),
-            "reconnects": result.reconnects}
+            "reconnects": result.reconnects,
+            # the timeline around the kill (s after it): the publisher's errors and its gaps over 1 s
+            "errors": [f"{float(e.split('s', 1)[0]) - killed:+.2f}s{e.split('s', 1)[1]}" for e in result.errors],
+            "gaps": [(round(start - killed, 2), round(length, 2)) for start, length in result.gaps]}
 
 
 def table(rows: list[dict]) -> str:
