@@ -77,7 +77,8 @@ LAYERS: dict[str, Layer] = {layer.name: layer for layer in (
 def host_ready_commands(role: str) -> list[str]:
     """The `HOST_READY` commands (keybuzz/<layer>/settings.py) of the layers on hosts of `role`, in layer order:
     what a host waits for after everything on it restarted (the base OS layer restarting dockerd) before the
-    next host restarts. A layer without HOST_READY adds nothing.
+    next host restarts. Each is a bounded shell command that succeeds once that layer's services on the host
+    serve again, and at once where the layer is not installed yet. A layer without HOST_READY adds nothing.
 
     >>> [c.split()[-1] for c in host_ready_commands("rabbitmq")]
     ['ready']

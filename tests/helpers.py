@@ -116,3 +116,20 @@ def roles_until_replica_of(client, master_ip: str, seconds: float, every: float 
             break
         time.sleep(every)
     return roles
+
+
+def while_watching(watch, action):
+    """Run `action()` while `watch(stop)` polls in a thread (it must return once the threading.Event `stop` is
+    set, or by its own bound); returns (what action returned, what watch returned)."""
+    import threading
+
+    stop, seen = threading.Event(), []
+    watcher = threading.Thread(target=lambda: seen.append(watch(stop)), daemon=True)
+    watcher.start()
+    try:
+        result = action()
+    finally:
+        stop.set()
+        watcher.join(timeout=30)
+    assert seen, "the watcher did not return within 30 s of the end of the action"
+    return result, seen[0]

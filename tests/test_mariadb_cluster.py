@@ -203,16 +203,23 @@ def test_node_killed_while_writing_loses_no_commit_and_rejoins(healthy):
     assert "IST received" in logs or "SST succeeded" in logs or "State transfer" in logs, logs[-2000:]
 
 
-def test_full_power_off_while_writing_then_the_layer_recovers_from_the_most_advanced_node(healthy):
-    tb = healthy
-    tag = _tag("outage")
+def _power_off_while_writing(tb, tag: str):
+    """Write through all three nodes, then kill the three at once (every grastate.dat stays at seqno -1,
+    safe_to_bootstrap 0); returns the stopped writer, with at least 50 writes acknowledged before the kill."""
     writer = _writer(tb, tag, [0, 1, 2]).start()
     try:
         _wait_acked(writer, 50, "50 writes acknowledged before the power-off")
-        tb.kill_all()  # the three at once: every grastate.dat stays at seqno -1, safe_to_bootstrap 0
+        tb.kill_all()
     finally:
         writer.stop()
     assert len(writer.acked) >= 50, f"only {len(writer.acked)} writes acknowledged"
+    return writer
+
+
+def test_full_power_off_while_writing_then_the_layer_recovers_from_the_most_advanced_node(healthy):
+    tb = healthy
+    tag = _tag("outage")
+    writer = _power_off_while_writing(tb, tag)
     states = tb.states()
     assert all(st.grastate and st.grastate.seqno == -1 and not st.grastate.safe_to_bootstrap for st in states)
     # positions come from InnoDB (`mysqld --wsrep-recover`): the most advanced node is chosen
@@ -240,13 +247,7 @@ def test_full_power_off_then_the_node_script_recovers_as_the_deploy_does(healthy
     tb = healthy
     """The deploy's path: keybuzz-mariadb state (grastate + --wsrep-recover), bootstrap, start, apply-users."""
     tag = _tag("outage-script")
-    writer = _writer(tb, tag, [0, 1, 2]).start()
-    try:
-        _wait_acked(writer, 50, "50 writes acknowledged before the power-off")
-        tb.kill_all()
-    finally:
-        writer.stop()
-    assert len(writer.acked) >= 50, f"only {len(writer.acked)} writes acknowledged"
+    writer = _power_off_while_writing(tb, tag)
     lines = tb.script(1, "state").stdout.splitlines()
     state = galera.parse_node_state("maria-02", lines)
     assert not state.running and state.grastate.seqno == -1 and state.recovered and state.recovered.seqno > 0, lines

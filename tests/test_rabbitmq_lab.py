@@ -11,12 +11,12 @@ first (`healthy`), so each runs alone (`-k`) or again.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
 import pytest
 
+from helpers import while_watching
 from keybuzz import credentials
 from keybuzz.lab import lab as lab_module
 from keybuzz.rabbitmq.client import (
@@ -28,6 +28,7 @@ from keybuzz.rabbitmq.client import (
     declare,
     delete_queue,
     leader_of,
+    quorum_members,
     wait_members,
 )
 from keybuzz.waiting import wait_for
@@ -63,26 +64,26 @@ def _started_at(lab, name: str) -> str:
     return lab.exec(name, "docker inspect -f '{{.State.StartedAt}}' rabbitmq").stdout.strip()
 
 
-def _quorum_status(lab, queue: str) -> list[dict]:
-    """`rabbitmq-queues quorum_status` of `queue` (asked on the first node that answers): one row per member with
-    its Raft state and log indexes."""
+def _quorum_status(lab, queue: str) -> dict[str, dict]:
+    """The Raft members of `queue` (client.quorum_members), asked on the first node that answers."""
     for host in QUEUE_HOSTS:
         out = lab.exec(host, "docker exec -u 999 -e HOME=/var/lib/rabbitmq rabbitmq rabbitmq-queues -q "
                              f"quorum_status {queue} --formatter json", timeout=60)
         if out.returncode == 0:
-            return json.loads(out.stdout)
+            return quorum_members(out.stdout)
     raise AssertionError(f"no node answers quorum_status {queue}")
 
 
-def _caught_up(lab, queue: str, seconds: float = 90) -> list[dict]:
+def _caught_up(lab, queue: str, seconds: float = 90) -> dict[str, dict]:
     """Wait until the 3 members of `queue` (no publisher running) have applied the leader's whole log: every
-    member leader or follower, the same `Last Applied` = the leader's `Commit Index`; return the rows."""
+    member leader or follower, the same applied index = the leader's commit index; return the members."""
     def caught_up():
-        rows = _quorum_status(lab, queue)
-        leader = [r for r in rows if r["Raft State"] == "leader"]
-        ok = (len(rows) == 3 and len(leader) == 1 and all(r["Raft State"] in ("leader", "follower") for r in rows)
-              and {r["Last Applied"] for r in rows} == {leader[0]["Commit Index"]})
-        return rows if ok else None
+        members = _quorum_status(lab, queue)
+        leader = [m for m in members.values() if m["state"] == "leader"]
+        ok = (len(members) == 3 and len(leader) == 1
+              and all(m["state"] in ("leader", "follower") for m in members.values())
+              and {m["applied"] for m in members.values()} == {leader[0]["commit"]})
+        return members if ok else None
     return wait_for(caught_up, seconds, 2, what=f"the 3 members of {queue} applying the leader's whole log")
 
 
@@ -203,6 +204,16 @@ def _watch_cluster(queue: str, stop, seconds: float = 900) -> list[dict[str, str
     return polls
 
 
+def _assert_stream_survived(what: str, polls, result, missing) -> None:
+    """A watched deploy (`_deploy_watched`): one node at a time, nothing confirmed lost, the cluster whole after."""
+    _assert_one_node_at_a_time(polls)
+    assert len(result.confirmed) >= 200 and not missing, \
+        f"{len(missing)} of {len(result.confirmed)} confirmed messages lost"
+    assert _members() == [f"rabbit@{n}" for n in QUEUE_HOSTS]
+    print(f"\n{what}: confirmed {len(result.confirmed)}, max gap {result.max_gap:.2f}s, "
+          f"reconnects {result.reconnects}, {len(polls)} polls")
+
+
 def _assert_one_node_at_a_time(polls: list[dict[str, str]]) -> None:
     """What `_watch_cluster` saw: every node went down once at least (the watcher can see a restart), never two at
     once, and a node went down only while both others were running and online members of the queue."""
@@ -220,17 +231,13 @@ def _deploy_watched(lab, layer: str, queue: str, *extra: str):
     """Deploy `layer` while a confirmed stream runs through the LB into `queue` and `_watch_cluster` watches;
     returns (deploy result, polls, publish result, missing confirmed ids)."""
     publisher, consumer, stop, worker = _stream(queue, f"kb-lab-{layer}")
-    watch_stop, polls = threading.Event(), []
     try:
         _until(lambda: len(publisher.result.confirmed) >= 100, 30, "100 confirms")
-        watcher = threading.Thread(target=lambda: polls.extend(_watch_cluster(queue, watch_stop)), daemon=True)
-        watcher.start()
-        try:
+
+        def deploy():
             with lab.lab_environ():
-                deployed = lab.deploy(layer, extra=extra)
-        finally:
-            watch_stop.set()
-            watcher.join(timeout=30)
+                return lab.deploy(layer, extra=extra)
+        deployed, polls = while_watching(lambda watch_stop: _watch_cluster(queue, watch_stop), deploy)
         at = len(publisher.result.confirmed)
         if deployed.ok:
             _until(lambda: len(publisher.result.confirmed) >= at + 100, 60, "confirms after the deploy")
@@ -251,12 +258,7 @@ def test_changed_config_is_rolled_one_node_at_a_time_without_loss(lab, healthy):
     assert rolled.ok, rolled.output[-4000:]
     after = {n: _started_at(lab, n) for n in QUEUE_HOSTS}
     assert all(after[n] != before[n] for n in QUEUE_HOSTS), (before, after)
-    _assert_one_node_at_a_time(polls)
-    assert len(result.confirmed) >= 200 and not missing, \
-        f"{len(missing)} of {len(result.confirmed)} confirmed messages lost"
-    assert _members() == [f"rabbit@{n}" for n in QUEUE_HOSTS]
-    print(f"\nrolling restart: confirmed {len(result.confirmed)}, max gap {result.max_gap:.2f}s, "
-          f"reconnects {result.reconnects}, {len(polls)} polls")
+    _assert_stream_survived("rolling restart", polls, result, missing)
 
 
 def test_the_base_os_layer_restarting_dockerd_keeps_the_quorum(lab, healthy):
@@ -268,12 +270,7 @@ def test_the_base_os_layer_restarting_dockerd_keeps_the_quorum(lab, healthy):
     restarted, polls, result, missing = _deploy_watched(lab, "base_os", "kb.lab.dockerd", "--limit", "queue-*")
     assert restarted.ok, restarted.output[-4000:]
     assert "Restart Docker (daemon.json changed)" in restarted.output
-    _assert_one_node_at_a_time(polls)
-    assert len(result.confirmed) >= 200 and not missing, \
-        f"{len(missing)} of {len(result.confirmed)} confirmed messages lost"
-    assert _members() == [f"rabbit@{n}" for n in QUEUE_HOSTS]
-    print(f"\ndockerd restarts: confirmed {len(result.confirmed)}, max gap {result.max_gap:.2f}s, "
-          f"reconnects {result.reconnects}, {len(polls)} polls")
+    _assert_stream_survived("dockerd restarts", polls, result, missing)
 
 
 def test_leader_host_dies_mid_stream_no_loss_and_it_rejoins_caught_up(lab, healthy):
@@ -294,8 +291,7 @@ def test_leader_host_dies_mid_stream_no_loss_and_it_rejoins_caught_up(lab, healt
         stop.set()
         worker.join(30)
         # what was written while it was away reached it too: its member applied the leader's whole log
-        rows = _caught_up(lab, queue)
-        assert f"rabbit@{victim}" in [r["Node Name"] for r in rows]
+        assert f"rabbit@{victim}" in _caught_up(lab, queue)
     finally:
         result, missing = _finish(publisher, consumer, stop, worker, queue)
     print(f"\nlab failover ({victim} stopped): confirmed {len(result.confirmed)}, max gap {result.max_gap:.2f}s, "
@@ -323,8 +319,7 @@ def test_a_node_that_lost_its_data_is_taken_back_by_the_deploy_and_catches_up(la
         result = lab.deploy("rabbitmq")
     assert result.ok, result.output[-4000:]
     assert _members(120) == [f"rabbit@{n}" for n in QUEUE_HOSTS]
-    rows = _caught_up(lab, queue)
-    assert f"rabbit@{victim}" in [r["Node Name"] for r in rows]
+    assert f"rabbit@{victim}" in _caught_up(lab, queue)
     consumer = Consumer(_lb(), queue).start()
     try:
         missing = consumer.wait_for(confirmed, seconds=60)

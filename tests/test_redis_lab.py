@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from helpers import docker_time, roles_until_replica_of
+from helpers import docker_time, roles_until_replica_of, while_watching
 from keybuzz import credentials
 from keybuzz.lab import lab as lab_module
 from keybuzz.redis.client import WriteProbe, connect, no_retry_client
@@ -207,20 +207,11 @@ def test_a_changed_unit_restarts_replicas_one_by_one_then_the_master(lab, health
     """Watched from outside while the deploy runs (ROLE of each node every 0.1 s): never two nodes down at once,
     and a node goes down only while every other node is the master or a replica in sync, i.e. each restart waited
     for the previous node to be back in sync (start times alone would also fit a serial restart without waits)."""
-    import threading
-
     master_ip = _sentinel_master(lab).split(":")[0]
     master = next(h for h, ip in REDIS_HOSTS.items() if ip == master_ip)
     for host in REDIS_HOSTS:  # a hand edit: the deploy puts its own unit back and restarts the service
         lab.exec(host, "echo '# edited by hand' >> /etc/systemd/system/redis.service")
-    stop, polls = threading.Event(), []
-    watcher = threading.Thread(target=lambda: polls.extend(_watch_roles(lab, stop)), daemon=True)
-    watcher.start()
-    try:
-        rc, out = _pyinfra(lab, "redis")
-    finally:
-        stop.set()
-        watcher.join(timeout=30)
+    (rc, out), polls = while_watching(lambda stop: _watch_roles(lab, stop), lambda: _pyinfra(lab, "redis"))
     assert rc == 0, out[-3000:]
     assert len(polls) > 20, "the watcher hardly polled"
     seen_down = {h for poll in polls for h, state in poll.items() if state == "down"}
@@ -450,28 +441,20 @@ def test_a_partition_isolating_haproxy_01_with_the_master_fails_closed_and_loses
 def test_haproxy_restarts_one_host_at_a_time_each_serving_before_the_next(lab, healthy):
     """Issue 10 §4: a changed haproxy unit restarts haproxy-01 then haproxy-02, the second only once the first
     serves again (restart_if(ready=...)): polled every 50 ms from here, never both Redis frontends closed."""
-    import threading
-
     proxies = [(h.ip, REDIS_PORT) for h in lab.TOPOLOGY if h.role == "haproxy"]
     for h in lab.TOPOLOGY:
         if h.role == "haproxy":  # a hand edit: the deploy puts its own unit back and restarts the service
             lab.exec(h.name, "echo '# edited by hand' >> /etc/systemd/system/haproxy.service")
-    both_down, polls, stop = [], [0], threading.Event()
+    both_down, polls = [], [0]
 
-    def poll() -> None:
+    def poll(stop) -> None:
         deadline = time.monotonic() + 600
         while not stop.is_set() and time.monotonic() < deadline:
             if not lab.answering(proxies, timeout=0.3):
                 both_down.append(time.monotonic())
             polls[0] += 1
-            time.sleep(0.05)
-    poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
-    try:
-        rc, out = _pyinfra(lab, "haproxy")
-    finally:
-        stop.set()
-        poller.join(timeout=10)
+            stop.wait(0.05)
+    (rc, out), _ = while_watching(poll, lambda: _pyinfra(lab, "haproxy"))
     assert rc == 0, out[-3000:]
     assert "Restart haproxy" in out and polls[0] > 20
     assert not both_down, f"both HAProxies closed at {len(both_down)} polls"

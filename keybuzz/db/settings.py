@@ -258,9 +258,7 @@ ADMIN_LOGIN_FILE = "admin.pgpass"  # in config_dir (mounted at /etc/patroni): th
 APP_SQL = "app.sql"  # in config_dir: the application role and database
 NODE_SCRIPT = "/usr/local/sbin/keybuzz-db"
 WAIT_SECONDS = 300  # bound of every wait for the cluster (first bootstrap included)
-# HOST_READY: run on a host of this layer after everything on it restarted (the base OS layer's dockerd
-# restart, one host at a time): succeeds once this layer's services there serve again, at once where
-# the layer is not installed yet; bounded.
+# what the base OS layer waits for after restarting dockerd here (keybuzz.layers.host_ready_commands)
 HOST_READY = f"[ ! -x {NODE_SCRIPT} ] || {NODE_SCRIPT} wait-cluster {WAIT_SECONDS}"
 
 

@@ -30,9 +30,7 @@ UPDATE_CONF_FILE = "/etc/keybuzz/redis-update-master.conf"
 # with the others, from the new configuration); bounded
 READY_COMMAND = (f"timeout 60 bash -c 'until (exec 3<>/dev/tcp/127.0.0.1/{STATS_PORT}) 2>/dev/null; "
                  "do sleep 0.2; done'")
-# HOST_READY: run on a host of this layer after everything on it restarted (the base OS layer's dockerd
-# restart, one host at a time): succeeds once this layer's services there serve again, at once where
-# the layer is not installed yet; bounded.
+# what the base OS layer waits for after restarting dockerd here (keybuzz.layers.host_ready_commands)
 HOST_READY = f"! systemctl is-enabled -q haproxy 2>/dev/null || {READY_COMMAND}"
 # redis-update-master.sh's root-only runtime directory (lock, state, temporary files): the deploy installs
 # haproxy.cfg under the same lock, so the two never race on it (issue 10 §4)

@@ -101,9 +101,7 @@ class MariadbSettings:
 
 
 DEFAULT = MariadbSettings()
-# HOST_READY: run on a host of this layer after everything on it restarted (the base OS layer's dockerd
-# restart, one host at a time): succeeds once this layer's services there serve again, at once where
-# the layer is not installed yet; bounded.
+# what the base OS layer waits for after restarting dockerd here (keybuzz.layers.host_ready_commands)
 HOST_READY = f"[ ! -x {DEFAULT.node_script} ] || {DEFAULT.node_script} wait-synced"
 
 

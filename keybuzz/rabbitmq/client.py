@@ -298,6 +298,23 @@ def delete_queue(endpoint: Endpoint, queue: str) -> None:
         _close(connection)
 
 
+def quorum_members(status_json: str) -> dict[str, dict]:
+    """`rabbitmq-queues quorum_status <queue> --formatter json` -> {node: {"state", "membership", "last", "commit",
+    "applied", "term"}}; a member that is down has None numbers (its state is then e.g. ["nodedown", node]).
+
+    >>> quorum_members('[{"Node Name": "rabbit@queue-01", "Raft State": "leader", "Membership": "voter", '
+    ...                '"Last Log Index": 14, "Last Written": 14, "Last Applied": 14, "Commit Index": 14, "Term": 1}]')
+    {'rabbit@queue-01': {'state': 'leader', 'membership': 'voter', 'last': 14, 'commit': 14, 'applied': 14, 'term': 1}}
+    """
+    def number(value):
+        return value if isinstance(value, int) else None
+
+    return {row["Node Name"]: {"state": row.get("Raft State"), "membership": row.get("Membership"),
+                               "last": number(row.get("Last Log Index")), "commit": number(row.get("Commit Index")),
+                               "applied": number(row.get("Last Applied")), "term": number(row.get("Term"))}
+            for row in json.loads(status_json)}
+
+
 class Management:
     """Read-only client of the management HTTP API of one node (private network, port 15672).
 

@@ -18,9 +18,7 @@ BASE = "/opt/keybuzz/rabbitmq"
 CONF = f"{BASE}/conf"
 DATA = f"{BASE}/data"
 SCRIPT = f"{BASE}/bin/keybuzz-rabbitmq"
-# HOST_READY: run on a host of this layer after everything on it restarted (the base OS layer's dockerd
-# restart, one host at a time): succeeds once this layer's services there serve again, at once where
-# the layer is not installed yet; bounded.
+# what the base OS layer waits for after restarting dockerd here (keybuzz.layers.host_ready_commands)
 HOST_READY = f"[ ! -x {SCRIPT} ] || {SCRIPT} ready"  # this node running in the cluster of its live peers
 USER_CONF = f"{CONF}/conf.d/20-keybuzz-user.conf"
 # uid of the rabbitmq user in the pinned image (official rabbitmq images and the lab image alike);

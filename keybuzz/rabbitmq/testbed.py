@@ -17,7 +17,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -30,7 +29,7 @@ from keybuzz import ROOT  # noqa: E402
 from keybuzz.haproxy.client import parse_stats, up_servers
 from keybuzz.haproxy.settings import render_haproxy_cfg  # noqa: E402
 from keybuzz.lab import images  # noqa: E402
-from keybuzz.rabbitmq.client import Endpoint, Management, leader_of, wait_members  # noqa: E402
+from keybuzz.rabbitmq.client import Endpoint, Management, leader_of, quorum_members, wait_members  # noqa: E402
 from keybuzz.rabbitmq.settings import VHOSTS  # noqa: E402
 from keybuzz.render import render  # noqa: E402
 from keybuzz.testbed import ContainerTestbed  # noqa: E402
@@ -195,22 +194,10 @@ class Testbed(ContainerTestbed):
         return NAMES.index(leader.split("@", 1)[1])
 
     def quorum_status(self, queue: str, i: int) -> dict[str, dict]:
-        """The quorum queue's Raft members as node i reports them (`rabbitmq-queues quorum_status`):
-        {"rabbit@queue-01": {"state": "leader", "membership": "voter", "last": 14, "commit": 14,
-        "applied": 14, "term": 1}, ...}; {} when node i cannot answer. A member that is down has None
-        numbers (its state is then e.g. ["nodedown", "rabbit@queue-03"])."""
+        """The quorum queue's Raft members as node i reports them (client.quorum_members); {} when node i
+        cannot answer."""
         out = self.ctl(i, "rabbitmq-queues", "-q", "quorum_status", queue, "--formatter", "json")
-        if out.returncode != 0:
-            return {}
-
-        def number(value):
-            return value if isinstance(value, int) else None
-
-        return {row["Node Name"]: {"state": row.get("Raft State"), "membership": row.get("Membership"),
-                                   "last": number(row.get("Last Log Index")),
-                                   "commit": number(row.get("Commit Index")),
-                                   "applied": number(row.get("Last Applied")), "term": number(row.get("Term"))}
-                for row in json.loads(out.stdout)}
+        return quorum_members(out.stdout) if out.returncode == 0 else {}
 
     def haproxy_up(self) -> list[str]:
         """Servers of be_rabbitmq that HAProxy's own checks say are UP (stats socket, `show stat`)."""

@@ -28,9 +28,7 @@ UID, GID = "999", "1000"  # the redis user of the official image (and of the lab
 REDIS_ROOT = "/opt/keybuzz/redis"
 REDIS_ENV_FILE = "/etc/keybuzz/redis.env"
 SETTINGS_TOOL = "/usr/local/sbin/keybuzz-redis-settings"
-# HOST_READY: run on a host of this layer after everything on it restarted (the base OS layer's dockerd
-# restart, one host at a time): succeeds once this layer's services there serve again, at once where
-# the layer is not installed yet; bounded.
+# what the base OS layer waits for after restarting dockerd here (keybuzz.layers.host_ready_commands)
 HOST_READY = f"[ ! -x {SETTINGS_TOOL} ] || {{ {SETTINGS_TOOL} wait-synced && {SETTINGS_TOOL} wait-sentinel; }}"
 ACL_FILE = "users.acl"  # in conf/ (Redis, /conf) and sentinel/ (Sentinel, /sentinel): ACL LOAD re-reads it
 # The start gate (issue 10 §2): before each start of redis.service it asks the Sentinels and writes
