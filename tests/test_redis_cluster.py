@@ -46,7 +46,7 @@ def tb():
 
 
 def _heal(tb: Testbed) -> None:
-    """Every container running again, replication and Sentinel discovery complete, HAProxy on the master."""
+    """Every container running again, replicas online, every Sentinel settled on the master, HAProxy on it."""
     for name, c in tb.containers.items():
         w = c.get_wrapped_container()
         w.reload()
@@ -59,9 +59,8 @@ def _heal(tb: Testbed) -> None:
     master = tb.wait_for(tb.sentinel_master, 30, what="Sentinel majority")
 
     def healed():
-        info = tb.redis_client(master.split(":")[0]).info("replication")
-        return info.get("connected_slaves") == 2 and tb.cfg_master() == master and tb.runtime_master() == master
-    tb.wait_for(healed, 40, 0.3, "replicas reattached and HAProxy on the master")
+        return tb.settled(master) and tb.cfg_master() == master and tb.runtime_master() == master
+    tb.wait_for(healed, 40, 0.3, "replicas online, every Sentinel's failover ended, HAProxy on the master")
     tb.wait_watcher_subscribed()  # a restarted Sentinel: the watcher resubscribes within about a second
 
 
@@ -81,11 +80,12 @@ def test_kill_master_writes_through_haproxy_resume_on_the_new_master(tb):
     _heal(tb)
     old_i = tb.master_index()
     old = f"{tb.redis_ips[old_i]}:6379"
-    lb = tb.lb_client(timeout=0.5)
-    assert lb.set("before-kill", "1")
     # both replicas confirm it: whichever one the Sentinels promote has it, so its absence would be a loss by
-    # the switch, never a write the killed master had not replicated yet
-    assert lb.execute_command("WAIT", 2, 5000) == 2
+    # the switch, never a write the killed master had not replicated yet. WAIT counts this connection's own
+    # writes and blocks up to its 5 s: a client of its own, beyond the 0.5 s that measures the switch below
+    before = tb.lb_client(timeout=6)
+    assert before.set("before-kill", "1") and before.execute_command("WAIT", 2, 5000) == 2
+    lb = tb.lb_client(timeout=0.5)
     start = time.monotonic()
     tb.kill_redis(old_i)
     new = _switched_away_from(tb, old)
@@ -145,7 +145,13 @@ def test_failovers_are_followed_with_the_sentinel_of_redis_01_down(tb):
     tb.kill_redis(old_i)
     # Sentinel's own election first: with two Sentinels a split vote is retried only after 2 x failover-timeout
     # (20 s here; seen once in CI), which is Sentinel's time, not the follower's; HAProxy's bound counts from there
-    tb.wait_for(lambda: (m := tb.sentinel_master()) and m != old, 60, 0.1, "the two Sentinels' failover")
+    try:
+        tb.wait_for(lambda: (m := tb.sentinel_master()) and m != old, 60, 0.1, "the two Sentinels' failover")
+    except TimeoutError:
+        for i in (1, 2):
+            print(f"--- sentinel-{i + 1}", tb.sentinel_state(i))
+            print(tb.docker(f"sentinel-{i + 1}").logs(tail=60).decode())
+        raise
     new = _switched_away_from(tb, old)
     tb.wait_for(lambda: tb.lb_client(0.5).set("no-sentinel-1", "1"), 5, 0.1, "a write through HAProxy")
     assert tb.redis_client(new.split(":")[0]).get("no-sentinel-1") == "1"

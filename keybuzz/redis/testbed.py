@@ -381,6 +381,24 @@ class Testbed(ContainerTestbed):
                 out.append(None)
         return out
 
+    def sentinel_state(self, i: int) -> dict[str, str]:
+        """SENTINEL MASTER's fields as Sentinel `i` sees the master (what a stuck election is read from)."""
+        m = self.redis_client(self.sentinel_ips[i], 26379).execute_command("SENTINEL", "MASTER", MASTER_NAME)
+        return dict(zip(m[::2], m[1::2], strict=False))
+
+    def settled(self, master: str) -> bool:
+        """`master` (ip:port) has both replicas online and every Sentinel names it with no failover of its own
+        still running. A leader Sentinel ends its failover only once the replicas are reconfigured and the
+        promoted one answers: a test that kills that one before the end leaves the leader stuck in
+        failover_in_progress, naming the old master, and the next failover can never reach quorum (seen in CI)."""
+        ip, port = master.split(":")
+        info = self.redis_client(ip).info("replication")
+        if info.get("connected_slaves") != 2 or any(info.get(f"slave{n}", {}).get("state") != "online"
+                                                    for n in range(2)):
+            return False
+        return all(s.get("ip") == ip and s.get("port") == port and s.get("flags") == "master"
+                   for s in map(self.sentinel_state, range(3)))
+
     def sentinel_master(self) -> str | None:
         return majority(self.sentinel_answers(), 3)
 
