@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from keybuzz.rabbitmq.client import ConfirmedPublisher, Consumer, delete_queue, place_on_node  # noqa: E402
+from keybuzz.rabbitmq.settings import NET_SETUPTIME  # noqa: E402
 from keybuzz.rabbitmq.testbed import NAMES, Testbed, wait_for  # noqa: E402
 
 TARGET_GAP_S = 10.0
@@ -95,13 +96,15 @@ def main(argv=None) -> int:
     parser.add_argument("--placements", default="same,other", help="same,other")
     parser.add_argument("--haproxy-defaults", action="append", default=[],
                         help="experiment: extra line for HAProxy's defaults section (e.g. 'option redispatch')")
+    parser.add_argument("--erl-args", default=NET_SETUPTIME,
+                        help=f"each node's RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS (default: {NET_SETUPTIME!r})")
     parser.add_argument("--no-redeclare", action="store_true",
                         help="declare the queue on the first connection only (not after each reconnect)")
     args = parser.parse_args(argv)
     # SIGTERM (timeout, CI cancel) -> SystemExit, so the testbed's containers and network are removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rows = []
-    with Testbed(haproxy_defaults_extra=tuple(args.haproxy_defaults)) as tb:
+    with Testbed(haproxy_defaults_extra=tuple(args.haproxy_defaults), erl_args=args.erl_args) as tb:
         tb.wait_cluster(3, 240)
         tb.setup()
         tb.wait_healthy()

@@ -30,7 +30,7 @@ from keybuzz.haproxy.client import parse_stats, up_servers
 from keybuzz.haproxy.settings import render_haproxy_cfg  # noqa: E402
 from keybuzz.lab import images  # noqa: E402
 from keybuzz.rabbitmq.client import Endpoint, Management, leader_of, quorum_members, wait_members  # noqa: E402
-from keybuzz.rabbitmq.settings import VHOSTS  # noqa: E402
+from keybuzz.rabbitmq.settings import NET_SETUPTIME, VHOSTS  # noqa: E402
 from keybuzz.render import render  # noqa: E402
 from keybuzz.testbed import ContainerTestbed  # noqa: E402
 from keybuzz.waiting import wait_for  # noqa: E402, F401 - re-exported for tests and bench
@@ -45,11 +45,13 @@ class Testbed(ContainerTestbed):
 
     SUBNET_OCTETS = range(150, 200)
 
-    def __init__(self, haproxy_defaults_extra: tuple[str, ...] = ()):
+    def __init__(self, haproxy_defaults_extra: tuple[str, ...] = (), erl_args: str = NET_SETUPTIME):
         # lines added to the rendered template's `defaults` section (bench experiments only, e.g.
         # "option redispatch"); empty = the project's template as is
         super().__init__("keybuzz-rabbitmq-tb-")
         self.haproxy_defaults_extra = haproxy_defaults_extra
+        # RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS: the deploy's, but the listener binding (Docker's network does it)
+        self.erl_args = erl_args
         self.password = "tb-" + secrets.token_urlsafe(18)
         self.cookie = secrets.token_urlsafe(32)
 
@@ -111,6 +113,8 @@ class Testbed(ContainerTestbed):
              .with_volume_mapping(str(node / "conf"), "/etc/rabbitmq", "ro")
              .with_volume_mapping(str(node / "data"), "/var/lib/rabbitmq", "rw")
              .with_env("RABBITMQ_NODENAME", f"rabbit@{name}"))
+        if self.erl_args:
+            c = c.with_env("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", self.erl_args)
         assert self.network is not None
         c = c.with_kwargs(
             network=self.network.name, user=str(UID), hostname=name,
