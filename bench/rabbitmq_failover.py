@@ -12,6 +12,7 @@ Two placements of the publisher's connection: `same` (on the leader's node: the 
 client must reconnect) and `other` (on another node: only the leader election is seen).
 
     .venv/bin/python bench/rabbitmq_failover.py --kills 3          # prints a Markdown table
+    .venv/bin/python bench/rabbitmq_failover.py --lab --kills 10 --placements same   # the lab's hosts instead
 Target (issue 5): gap <= 10 s, loss 0. Traffic goes only to the testbed's own containers.
 """
 
@@ -27,14 +28,70 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from keybuzz.rabbitmq.client import ConfirmedPublisher, Consumer, delete_queue, place_on_node  # noqa: E402
+from keybuzz.haproxy.client import servers_up  # noqa: E402
+from keybuzz.rabbitmq.client import (  # noqa: E402
+    ConfirmedPublisher,
+    Consumer,
+    Endpoint,
+    Management,
+    delete_queue,
+    leader_of,
+    place_on_node,
+    wait_members,
+)
 from keybuzz.rabbitmq.settings import NET_SETUPTIME  # noqa: E402
 from keybuzz.rabbitmq.testbed import NAMES, Testbed, wait_for  # noqa: E402
 
 TARGET_GAP_S = 10.0
 
 
-def one_kill(tb: Testbed, run: int, placement: str, redeclare: bool = True) -> dict:
+class LabCluster:
+    """The lab's queue-01..03 behind its LB stand-in, with the Testbed methods one_kill uses (`--lab`): a kill
+    is the whole host's container SIGKILLed (a power cut), the deploy's settings are the lab's."""
+
+    def __init__(self):
+        from keybuzz import credentials
+        from keybuzz.lab import lab
+
+        self.lab = lab
+        self.hosts = {h.name: h.ip for h in lab.TOPOLOGY if h.role == "rabbitmq"}
+        self.haproxy_ips = [h.ip for h in lab.TOPOLOGY if h.role == "haproxy"]
+        with lab.lab_environ():
+            c = credentials.load("rabbitmq")
+        self.user, self.password = c["RABBITMQ_USER"].unmask(), c["RABBITMQ_PASSWORD"]
+
+    def lb_endpoint(self) -> Endpoint:
+        return Endpoint(self.lab.LB_IP, 5672, self.user, self.password)
+
+    def apis(self) -> list[Management]:
+        return [Management(ip, self.user, self.password, timeout=3) for ip in self.hosts.values()]
+
+    def leader_index(self, queue: str) -> int:
+        leader = leader_of(self.apis(), queue)
+        if leader is None:
+            raise TimeoutError(f"no leader known for {queue}")
+        return NAMES.index(leader.split("@", 1)[1])
+
+    def kill(self, i: int) -> None:
+        self.lab.kill_host(NAMES[i])
+
+    def revive(self, i: int) -> None:
+        self.lab.start_host(NAMES[i])
+
+    def wait_cluster(self, count: int = 3, seconds: float = 180) -> list[str]:
+        seen = wait_members(self.apis(), count, seconds)
+        if len(seen) < count:
+            raise TimeoutError(f"cluster has {len(seen)} running members after {seconds:.0f}s: {seen}")
+        return seen
+
+    def wait_healthy(self, seconds: float = 240) -> None:
+        """3 running members AND both HAProxy hosts sending to all 3."""
+        self.wait_cluster(3, seconds)
+        wait_for(lambda: all(len(servers_up(ip, "be_rabbitmq") or []) == 3 for ip in self.haproxy_ips), 60, 0.5,
+                 "both HAProxy hosts see 3 RabbitMQ servers UP")
+
+
+def one_kill(tb: Testbed | LabCluster, run: int, placement: str, redeclare: bool = True) -> dict:
     """One kill of the leader's node with the publisher placed `same` / `other`; returns the measures."""
     queue = f"kb.bench.failover.{placement}.{run}"
     endpoint = tb.lb_endpoint()
@@ -93,6 +150,8 @@ def table(rows: list[dict]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kills", type=int, default=3, help="kills per placement (>= 3)")
+    parser.add_argument("--lab", action="store_true",
+                        help="the lab's cluster (rabbitmq + haproxy deployed): whole hosts SIGKILLed, no testbed")
     parser.add_argument("--placements", default="same,other", help="same,other")
     parser.add_argument("--haproxy-defaults", action="append", default=[],
                         help="experiment: extra line for HAProxy's defaults section (e.g. 'option redispatch')")
@@ -104,15 +163,24 @@ def main(argv=None) -> int:
     # SIGTERM (timeout, CI cancel) -> SystemExit, so the testbed's containers and network are removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rows = []
-    with Testbed(haproxy_defaults_extra=tuple(args.haproxy_defaults), erl_args=args.erl_args) as tb:
-        tb.wait_cluster(3, 240)
-        tb.setup()
-        tb.wait_healthy()
+
+    def kills(cluster: Testbed | LabCluster) -> None:
         for placement in args.placements.split(","):
             for run in range(args.kills):
-                row = one_kill(tb, run, placement, redeclare=not args.no_redeclare)
+                row = one_kill(cluster, run, placement, redeclare=not args.no_redeclare)
                 rows.append(row)
                 print(f"kill {placement} #{run + 1}: {row}", flush=True)
+
+    if args.lab:
+        if args.haproxy_defaults or args.erl_args != NET_SETUPTIME:
+            parser.error("--lab runs what the lab deployed: --haproxy-defaults and --erl-args are testbed options")
+        kills(LabCluster())
+    else:
+        with Testbed(haproxy_defaults_extra=tuple(args.haproxy_defaults), erl_args=args.erl_args) as tb:
+            tb.wait_cluster(3, 240)
+            tb.setup()
+            tb.wait_healthy()
+            kills(tb)
     print()
     print(table(rows))
     worst = max(r["gap"] for r in rows)
