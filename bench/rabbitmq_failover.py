@@ -35,9 +35,7 @@ from keybuzz.rabbitmq.client import (  # noqa: E402
     Endpoint,
     Management,
     delete_queue,
-    leader_of,
     place_on_node,
-    wait_members,
 )
 from keybuzz.rabbitmq.settings import NET_SETUPTIME  # noqa: E402
 from keybuzz.rabbitmq.testbed import NAMES, Testbed, wait_for  # noqa: E402
@@ -66,23 +64,15 @@ class LabCluster:
     def apis(self) -> list[Management]:
         return [Management(ip, self.user, self.password, timeout=3) for ip in self.hosts.values()]
 
-    def leader_index(self, queue: str) -> int:
-        leader = leader_of(self.apis(), queue)
-        if leader is None:
-            raise TimeoutError(f"no leader known for {queue}")
-        return NAMES.index(leader.split("@", 1)[1])
+    # the Testbed's own: they only ask apis()
+    leader_index = Testbed.leader_index
+    wait_cluster = Testbed.wait_cluster
 
     def kill(self, i: int) -> None:
         self.lab.kill_host(NAMES[i])
 
     def revive(self, i: int) -> None:
         self.lab.start_host(NAMES[i])
-
-    def wait_cluster(self, count: int = 3, seconds: float = 180) -> list[str]:
-        seen = wait_members(self.apis(), count, seconds)
-        if len(seen) < count:
-            raise TimeoutError(f"cluster has {len(seen)} running members after {seconds:.0f}s: {seen}")
-        return seen
 
     def wait_healthy(self, seconds: float = 240) -> None:
         """3 running members AND both HAProxy hosts sending to all 3."""
