@@ -143,8 +143,9 @@ def test_failovers_are_followed_with_the_sentinel_of_redis_01_down(tb):
     old_i = tb.master_index()  # two Sentinels left: still a majority of 3
     old = f"{tb.redis_ips[old_i]}:6379"
     tb.kill_redis(old_i)
-    # Sentinel's own election first: with two Sentinels a split vote is retried only after 2 x failover-timeout
-    # (20 s here; seen once in CI), which is Sentinel's time, not the follower's; HAProxy's bound counts from there
+    # Sentinel's own election first (two Sentinels can split their vote: a retry after 2 x failover-timeout,
+    # 20 s here), which is Sentinel's time, not the follower's; HAProxy's bound counts from there. On a timeout,
+    # each Sentinel's state and log say why (this is how a leader stuck from the previous test was found)
     try:
         tb.wait_for(lambda: (m := tb.sentinel_master()) and m != old, 60, 0.1, "the two Sentinels' failover")
     except TimeoutError:

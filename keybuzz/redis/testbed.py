@@ -386,18 +386,22 @@ class Testbed(ContainerTestbed):
         m = self.redis_client(self.sentinel_ips[i], 26379).execute_command("SENTINEL", "MASTER", MASTER_NAME)
         return dict(zip(m[::2], m[1::2], strict=False))
 
+    def replicas_online(self, master_ip: str) -> bool:
+        """Both replicas attached to `master_ip` and `online`: connected is not enough, a replica still loading
+        its first sync would miss the next write."""
+        info = self.redis_client(master_ip).info("replication")
+        return info.get("connected_slaves") == 2 and all(info.get(f"slave{n}", {}).get("state") == "online"
+                                                         for n in range(2))
+
     def settled(self, master: str) -> bool:
         """`master` (ip:port) has both replicas online and every Sentinel names it with no failover of its own
         still running. A leader Sentinel ends its failover only once the replicas are reconfigured and the
         promoted one answers: a test that kills that one before the end leaves the leader stuck in
         failover_in_progress, naming the old master, and the next failover can never reach quorum (seen in CI)."""
         ip, port = master.split(":")
-        info = self.redis_client(ip).info("replication")
-        if info.get("connected_slaves") != 2 or any(info.get(f"slave{n}", {}).get("state") != "online"
-                                                    for n in range(2)):
-            return False
-        return all(s.get("ip") == ip and s.get("port") == port and s.get("flags") == "master"
-                   for s in map(self.sentinel_state, range(3)))
+        return self.replicas_online(ip) and all(
+            s.get("ip") == ip and s.get("port") == port and s.get("flags") == "master"
+            for s in map(self.sentinel_state, range(3)))
 
     def sentinel_master(self) -> str | None:
         return majority(self.sentinel_answers(), 3)
@@ -416,10 +420,7 @@ class Testbed(ContainerTestbed):
         """Replication up on both replicas and each Sentinel sees the two others and both replicas."""
         def ready() -> bool:
             try:
-                info = self.redis_client(self.redis_ips[0]).info("replication")
-                # connected is not enough: a replica still loading its first sync would miss the next write
-                if info.get("connected_slaves") != 2 or any(
-                        info.get(f"slave{n}", {}).get("state") != "online" for n in range(2)):
+                if not self.replicas_online(self.redis_ips[0]):
                     return False
                 for ip in self.sentinel_ips:
                     m = self.redis_client(ip, 26379).execute_command("SENTINEL", "MASTER", MASTER_NAME)
