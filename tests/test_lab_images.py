@@ -192,4 +192,4 @@ def test_host_boots_systemd_and_takes_the_lab_key(refs, tmp_path):
                                  capture_output=True, text=True, timeout=20)
         assert refused.returncode == 255 and "Permission denied" in refused.stderr
     finally:
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+        subprocess.run(["docker", "rm", "-f", "-v", name], capture_output=True)

@@ -223,7 +223,7 @@ def test_docker_hands_the_container_the_designs_volumes_and_the_secret_files_nev
     argv = [moved(a) for a in argv[:argv.index("IMAGE")]]
     argv[argv.index("--name") + 1] = name
     argv.insert(2, "-d")
-    subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+    subprocess.run(["docker", "rm", "-f", "-v", name], capture_output=True)
     subprocess.run([*argv, images.build("base-trixie", progress=lambda m: None), "sleep", "120"], check=True,
                    capture_output=True)
     try:
@@ -245,7 +245,7 @@ def test_docker_hands_the_container_the_designs_volumes_and_the_secret_files_nev
             assert value not in inspect
         assert '"NetworkMode": "host"' in inspect
     finally:
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+        subprocess.run(["docker", "rm", "-f", "-v", name], capture_output=True)
 
 
 def test_diag_end_to_end_against_the_stand_in_is_red_where_minio_is_missing_green_for_s3(standin, tmp_path,

@@ -42,7 +42,7 @@ def host(tmp_path_factory):
         images.build("host")
     names = {host: f"{PREFIX}{host}" for host in PROXYSQL_HOSTS}
     for name in names.values():
-        _docker("rm", "-f", name, check=False)
+        _docker("rm", "-f", "-v", name, check=False)
     _docker("network", "rm", NETWORK, check=False)
     _docker("network", "create", "--subnet", SUBNET, NETWORK)
     try:
@@ -77,7 +77,7 @@ def host(tmp_path_factory):
         yield env, creds
     finally:
         for name in names.values():
-            _docker("rm", "-f", name, check=False)
+            _docker("rm", "-f", "-v", name, check=False)
         _docker("network", "rm", NETWORK, check=False)
 
 

@@ -45,7 +45,7 @@ def _root_sql(sql: str) -> subprocess.CompletedProcess:
 def node():
     image = images.build("mariadb-galera", progress=lambda m: None)
     password = "tb-" + secrets.token_urlsafe(16)
-    _docker("rm", "-f", NAME, check=False)
+    _docker("rm", "-f", "-v", NAME, check=False)
     _docker("network", "rm", NETWORK, check=False)
     _docker("network", "create", "--subnet", SUBNET, NETWORK)
     server = ("mysql_install_db --datadir=/bitnami/mariadb/data --auth-root-authentication-method=socket "
@@ -67,7 +67,7 @@ def node():
         assert created.returncode == 0, created.stderr
         yield password
     finally:
-        _docker("rm", "-f", NAME, check=False)
+        _docker("rm", "-f", "-v", NAME, check=False)
         _docker("network", "rm", NETWORK, check=False)
 
 

@@ -67,7 +67,7 @@ def registry(lab_image):
         local_refs.append(f"{address}/keybuzz-test/redis@{digest}")
         yield address, pushed, digest
     finally:
-        _docker("rm", "-f", name, check=False)
+        _docker("rm", "-f", "-v", name, check=False)
         for ref in local_refs:
             _docker("rmi", ref, check=False)
 
