@@ -6,8 +6,9 @@ power cut) while probes open a new connection every 50 ms through the LB stand-i
 
   --victim haproxy   haproxy-02: the load balancer must take it out (its health checks decide the window);
                      --lb-checks picks the stand-in's profile (lab/lab.yaml health_checks: lab | hetzner)
-  --victim queue     queue-03, a RabbitMQ node: HAProxy must stop sending new connections to it (timeout
-                     connect 500 ms + redispatch, checks every 500 ms)
+  --victim queue     queue-03, a RabbitMQ node: HAProxy must stop sending new connections to it (be_rabbitmq:
+                     out at the first connect that fails, observe layer4; timeout connect 300 ms; checks
+                     every 500 ms)
 
 After each kill the host is started again and the next kill waits until every probe has answered for 5 s.
 Needs a lab with base_os, redis, rabbitmq and haproxy deployed (`invoke lab.up`); bounded in count and time.

@@ -103,6 +103,30 @@ def test_a_malformed_master_address_is_refused_at_render_time():
             render_haproxy_cfg("haproxy-01", "10.0.0.11", {"redis": []}, redis_master=bad)
 
 
+def test_each_fronted_layer_has_its_own_defaults_and_only_rabbitmq_marks_a_server_down_on_a_failed_connect():
+    """Issue 16: a proxy takes the last `defaults` above it, so each layer's block opens its own section inheriting
+    the common one; be_rabbitmq's (§D verbatim, three interchangeable nodes) adds `observe layer4 ... on-error
+    mark-down`; the one-server backends (Redis master) and the db backends never get it."""
+    cfg = _production_configs()["haproxy-01"]
+    sections = re.findall(r"^(defaults|frontend|backend|listen)\s+(\S+)(?:\s+from\s+(\S+))?$", cfg, re.MULTILINE)
+    owner, seen = None, {}
+    for kind, name, parent in sections:
+        if kind == "defaults":
+            owner = name
+            assert parent == ("" if name == "keybuzz" else "keybuzz"), (name, parent)
+        elif kind in ("frontend", "backend"):
+            seen[name] = owner
+    assert seen == {"fe_postgres": "db", "be_postgres": "db", "fe_pgbouncer": "db", "be_pgbouncer": "db",
+                    "fe_redis": "redis", "be_redis_master": "redis", "fe_rabbitmq": "rabbitmq",
+                    "be_rabbitmq": "rabbitmq"}
+    headers = {"keybuzz": "defaults keybuzz", **{n: f"defaults {n} from keybuzz" for n in ("db", "redis", "rabbitmq")}}
+    observed = [name for name, header in headers.items()
+                if any(line.startswith("default-server") and "observe" in line for line in _block(cfg, header))]
+    assert observed == ["rabbitmq"]
+    assert _block(cfg, "defaults rabbitmq from keybuzz") == ["default-server observe layer4 error-limit 1 "
+                                                             "on-error mark-down"]
+    assert "observe" not in "".join(_block(cfg, "backend be_redis_master") + _block(cfg, "backend be_postgres"))
+
 def test_every_rendered_config_passes_haproxy_check(lab_image):
     """`haproxy -c` (the lab image's HAProxy) on the production configs of both nodes and the lab's."""
     image = lab_image("haproxy")
@@ -116,3 +140,5 @@ def test_every_rendered_config_passes_haproxy_check(lab_image):
                                "sh", image, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("Configuration file is valid") == len(configs)
+    # nothing HAProxy would only warn about either (e.g. a defaults section both named by `from` and used implicitly)
+    assert "[WARNING]" not in proc.stdout + proc.stderr and "[ALERT]" not in proc.stdout + proc.stderr, proc.stderr

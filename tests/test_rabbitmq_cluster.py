@@ -9,6 +9,7 @@ on no other test (`-k` and reruns work). About 3-4 minutes on 2 cores.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import threading
 import time
@@ -17,6 +18,7 @@ import pika
 import pytest
 
 from helpers import write_tsv  # noqa: E402
+from keybuzz.haproxy.client import answers  # noqa: E402
 from keybuzz.rabbitmq.client import (  # noqa: E402
     ConfirmedPublisher,
     Consumer,
@@ -220,6 +222,26 @@ def test_kill_the_leader_mid_stream_no_confirmed_message_lost(healthy):
     wait_for(lambda: _caught_up(tb, queue, victim, committed), 60, 1, f"{NAMES[victim]} applied what it missed")
     delete_queue(endpoint, queue)
 
+
+def test_a_killed_node_is_taken_out_by_the_first_new_connection_sent_to_it(healthy):
+    """Issue 16: be_rabbitmq marks a SIGKILLed node down as soon as one new connection fails to reach it
+    (`observe layer4 error-limit 1 on-error mark-down`, from the rabbitmq layer's own `defaults` section: §D stays
+    verbatim), not two failed health checks later. HAProxy logs the reason: "Health analyze" for this, "Layer4
+    ..." for its checks. That one connection is lost (the mark-down cuts the sessions of the server, its own
+    included: measured, the price of the shortest window); every new connection after it reaches a live node.
+    The common server defaults still apply to be_rabbitmq (fall 2 where HAProxy's own default is 3)."""
+    tb = healthy
+    rows = [r for r in tb.haproxy_stats() if r.get("pxname") == "be_rabbitmq" and r["svname"] in NAMES]
+    assert [(r["check_fall"], r["check_rise"]) for r in rows] == [("2", "2")] * 3, rows
+    logs_before = len(tb.haproxy_logs())
+    tb.kill(2)
+    # round-robin: one new connection in three goes to queue-03 (each a fresh AMQP handshake through HAProxy)
+    answered = [answers(tb.haproxy_ip, 5672, "amqp", timeout=3) for _ in range(3)]
+    down = wait_for(lambda: re.search(r"Server be_rabbitmq/queue-03 is DOWN, reason: ([^,]+)",
+                                      tb.haproxy_logs()[logs_before:]), 30, 0.2, "queue-03 marked down")
+    assert down.group(1) == "Health analyze", down.group(0)
+    assert answered.count(False) <= 1, answered
+    assert [answers(tb.haproxy_ip, 5672, "amqp", timeout=3) for _ in range(6)] == [True] * 6
 
 def test_a_lost_node_rejoins_by_itself(healthy):
     """A node down long enough to miss messages comes back and catches up with no manual step: its own

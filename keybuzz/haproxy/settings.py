@@ -40,12 +40,27 @@ UPDATE_LOCK = f"{UPDATE_RUN_DIR}/lock"
 FRONTED = ("db", "redis", "rabbitmq")
 
 
+# The name of haproxy.cfg's common `defaults` section (templates/haproxy/haproxy.cfg.j2).
+DEFAULTS = "keybuzz"
+
+
 def render_haproxy_block(layer: str, nodes: list[tuple[str, str]], **runtime) -> str:
-    """The frontend/backend block of `layer` (its own settings module renders it)."""
-    block = importlib.import_module(f"keybuzz.{layer}.settings").render_haproxy_block
+    """The frontend/backend block of `layer` (its own settings module renders it), behind a `defaults` section
+    of its own that inherits the common one and adds the layer's `HAPROXY_DEFAULT_SERVER` (server options of
+    every backend of that layer). That is how a layer adds settings without touching the design's verbatim
+    §C/§D blocks, and why they never leak into the next layer's block (a proxy takes the last `defaults`
+    above it).
+
+    >>> render_haproxy_block("rabbitmq", [("queue-01", "10.0.0.126")]).splitlines()[:2]
+    ['defaults rabbitmq from keybuzz', '    default-server observe layer4 error-limit 1 on-error mark-down']
+    """
+    settings = importlib.import_module(f"keybuzz.{layer}.settings")
+    block = settings.render_haproxy_block
     params = inspect.signature(block).parameters
     takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    return block(nodes, **{k: v for k, v in runtime.items() if takes_all or k in params})
+    server_options = getattr(settings, "HAPROXY_DEFAULT_SERVER", "")
+    head = f"defaults {layer} from {DEFAULTS}\n" + (f"    default-server {server_options}\n" if server_options else "")
+    return head + "\n" + block(nodes, **{k: v for k, v in runtime.items() if takes_all or k in params})
 
 
 def render_haproxy_cfg(hostname: str, private_ip: str, fronted: dict[str, list[tuple[str, str]]],
@@ -58,7 +73,7 @@ def render_haproxy_cfg(hostname: str, private_ip: str, fronted: dict[str, list[t
     network = private_network or str(ipaddress.ip_network(f"{private_ip}/24", strict=False))
     blocks = [render_haproxy_block(layer, fronted[layer], **runtime) for layer in FRONTED if layer in fronted]
     return render("haproxy/haproxy.cfg.j2", hostname=hostname, private_ip=private_ip, private_network=network,
-                  stats_port=STATS_PORT, run_dir=run_dir, blocks=blocks)
+                  stats_port=STATS_PORT, run_dir=run_dir, blocks=blocks, defaults=DEFAULTS)
 
 
 def cfg_master(lines: list[str] | None) -> str | None:

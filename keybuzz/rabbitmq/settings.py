@@ -31,6 +31,14 @@ VHOSTS = ("/",)
 WAIT_SECONDS = 300
 
 
+# Server options of be_rabbitmq, added through its own `defaults` section (keybuzz.haproxy.settings): §D stays
+# verbatim. Its three nodes are interchangeable (a client may use any), so a node whose connect fails is taken
+# out at the first failed connection of real traffic, not after two failed checks (issue 16: a new connection
+# to a SIGKILLed node failed for up to 1.07 s before). Its checks bring it back (rise 2). Not on the one-server
+# backends (Redis master, Patroni primary), where one failed connect would cut every session of the service.
+HAPROXY_DEFAULT_SERVER = "observe layer4 error-limit 1 on-error mark-down"
+
+
 def render_haproxy_block(nodes: list[tuple[str, str]], **_runtime) -> str:
     """This layer's frontend and backend in haproxy.cfg: be_rabbitmq, round-robin over the three nodes (§D)."""
     return render("rabbitmq/haproxy.cfg.j2", nodes=nodes)

@@ -27,7 +27,7 @@ from testcontainers.core.container import DockerContainer  # noqa: E402
 
 from keybuzz import ROOT  # noqa: E402
 from keybuzz.haproxy.client import parse_stats, up_servers
-from keybuzz.haproxy.settings import render_haproxy_cfg  # noqa: E402
+from keybuzz.haproxy.settings import DEFAULTS, render_haproxy_cfg  # noqa: E402
 from keybuzz.lab import images  # noqa: E402
 from keybuzz.rabbitmq.client import Endpoint, Management, leader_of, quorum_members, wait_members  # noqa: E402
 from keybuzz.rabbitmq.settings import NET_SETUPTIME, VHOSTS  # noqa: E402
@@ -134,7 +134,7 @@ class Testbed(ContainerTestbed):
                                  run_dir="/var/lib/haproxy")
         if self.haproxy_defaults_extra:
             extra = "".join(f"    {line}\n" for line in self.haproxy_defaults_extra)
-            cfg = cfg.replace("\ndefaults\n", "\ndefaults\n" + extra, 1)
+            cfg = cfg.replace(f"\ndefaults {DEFAULTS}\n", f"\ndefaults {DEFAULTS}\n" + extra, 1)
         (conf / "haproxy.cfg").write_text(cfg)
         assert self.network is not None
         c = (DockerContainer(image).with_name(f"kbrq-{self.prefix.split('.')[-1]}-haproxy")
@@ -203,12 +203,15 @@ class Testbed(ContainerTestbed):
         out = self.ctl(i, "rabbitmq-queues", "-q", "quorum_status", queue, "--formatter", "json")
         return quorum_members(out.stdout) if out.returncode == 0 else {}
 
+    def haproxy_stats(self) -> list[dict]:
+        """HAProxy's stats rows (stats socket, `show stat`)."""
+        return parse_stats(subprocess.run(["docker", "exec", self.docker("haproxy").name, "sh", "-c",
+                                           "echo 'show stat' | socat stdio /var/lib/haproxy/admin.sock"],
+                                          capture_output=True, text=True, timeout=30).stdout)
+
     def haproxy_up(self) -> list[str]:
-        """Servers of be_rabbitmq that HAProxy's own checks say are UP (stats socket, `show stat`)."""
-        out = subprocess.run(["docker", "exec", self.docker("haproxy").name, "sh", "-c",
-                              "echo 'show stat' | socat stdio /var/lib/haproxy/admin.sock"],
-                             capture_output=True, text=True, timeout=30).stdout
-        return [n for n in up_servers(parse_stats(out), "be_rabbitmq") if n in NAMES]
+        """Servers of be_rabbitmq that HAProxy's own checks say are UP."""
+        return [n for n in up_servers(self.haproxy_stats(), "be_rabbitmq") if n in NAMES]
 
     def wait_healthy(self, seconds: float = 180) -> None:
         """3 running members AND HAProxy sending to all 3 (its checks need a few seconds after a restart)."""
