@@ -28,7 +28,7 @@ import redis
 from helpers import roles_until_replica_of
 from keybuzz import ROOT
 from keybuzz.haproxy.settings import CONTAINER_CFG_DIR, UPDATE_LOCK, UPDATE_RUN_DIR
-from keybuzz.redis.settings import Login, env_file, render_redis_acl, render_sentinel_acl
+from keybuzz.redis.settings import MASTER_NAME, Login, env_file, render_redis_acl, render_sentinel_acl
 from keybuzz.redis.testbed import NAMES, Testbed  # noqa: E402
 
 DOWN_AFTER_MS = 2000
@@ -866,6 +866,50 @@ def test_the_master_is_handed_over_before_a_restart_and_no_acknowledged_write_is
     assert again.returncode == 0 and "nothing to hand over" in again.stdout
     _heal(tb)
 
+
+def test_wait_sentinel_returns_only_once_no_sentinel_is_still_in_a_failover(tb):
+    """HOST_READY's `keybuzz-redis-settings wait-sentinel` (after a host's restart, before the next host's): while
+    a failover runs, its leader Sentinel names the old master until the replicas are reconfigured; restarting the
+    promoted node then leaves the leader stuck (the `_heal` finding). Run on a node whose Sentinel is NOT the
+    leader, as the next host of a rolling restart would, it must not return before every Sentinel names the new
+    master with flags exactly `master`. The old check (the local Sentinel knows a peer) returned at once."""
+    _heal(tb)
+    old = tb.sentinel_master()
+    leader = 0
+    waiter = next(i for i in range(3) if i != leader)
+    in_progress: list[float] = []
+    result: dict[str, object] = {}
+
+    def wait_sentinel():
+        result["proc"] = _settings_tool(tb, waiter, "wait-sentinel")
+        result["at"] = time.monotonic()
+
+    assert tb.redis_client(tb.sentinel_ips[leader], 26379).execute_command("SENTINEL", "FAILOVER", MASTER_NAME)
+    thread = threading.Thread(target=wait_sentinel, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 150
+    settled_at = None
+    # every Sentinel's view every 0.1 s, until the tool has returned AND every Sentinel has ended (bounded)
+    while (thread.is_alive() or settled_at is None) and time.monotonic() < deadline:
+        busy = False
+        for i in range(3):
+            try:
+                busy |= tb.sentinel_state(i).get("flags") != "master"
+            except (redis.RedisError, OSError):
+                busy = True
+        if busy:
+            in_progress.append(time.monotonic())
+        elif settled_at is None and in_progress:
+            settled_at = time.monotonic()
+        time.sleep(0.1)
+    thread.join(5)
+    proc = result["proc"]
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert in_progress and settled_at, "no Sentinel seen in its failover, or never ended: the test proved nothing"
+    assert in_progress[-1] < result["at"], (f"wait-sentinel returned {in_progress[-1] - result['at']:.2f} s "
+                                            "before the last Sentinel ended its failover")
+    assert tb.sentinel_master() != old
+    _heal(tb)
 
 def test_the_haproxy_ready_command_waits_until_haproxy_serves(tb):
     """What the haproxy deploy runs after restarting HAProxy on one host, before the next (restart_if(ready=)):
